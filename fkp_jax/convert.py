@@ -1,0 +1,133 @@
+"""PyTorch state dicts of the original code -> fkp_jax pytrees, read without executing pickle code.
+
+One section per model. Every converter checks every key and shape of the state dict and raises
+``ConvertError`` (a ``ValueError``) with a one-line message when the file is not what it expects.
+Dense kernels are the PyTorch Linear weights transposed ((out, in) -> (in, out)).
+
+Command line (FKP only for now)::
+
+    python -m fkp_jax.convert SRC.pt DEST_DIR     # e.g. FKP_x4.pt -> orbax checkpoint for load_prior
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from fkp_jax import checkpoint
+from fkp_jax.flow import SCALES, FlowConfig, FlowPrior, mask
+from fkp_jax.torch_state import CheckpointError, load_state_dict
+
+
+class ConvertError(ValueError):
+    """A state dict whose keys / shapes / buffers do not match the expected model."""
+
+
+def _model_state(path) -> dict:
+    """The flat name -> array dict of a checkpoint, unwrapping a top-level {'model_state': ...}."""
+    sd = load_state_dict(path)
+    if isinstance(sd, dict) and isinstance(sd.get("model_state"), dict):
+        sd = sd["model_state"]
+    if not isinstance(sd, dict) or not all(isinstance(v, np.ndarray) for v in sd.values()):
+        raise ConvertError(f"{path}: not a state dict of tensors")
+    return sd
+
+
+# --------------------------------------------------------------------------------------------
+# FKP flow (spec 10.1 / 10.2)
+
+
+def _fkp_expected_shapes(config: FlowConfig) -> dict[str, tuple]:
+    D, H = config.D, config.hidden
+    shapes = {"kernel_size": (1,), "alpha": (1,), "normalization": (1,),
+              "base_dist_mean": (D,), "base_dist_var": (D,)}
+    for j in range(config.n_blocks):
+        c, b = f"net.{2 * j}", f"net.{2 * j + 1}"
+        shapes[f"{c}.mask"] = (D,)
+        for net in ("s_net", "t_net"):
+            for i, (o, n) in {0: (H, D), 2: (H, H), 4: (D, H)}.items():
+                shapes[f"{c}.{net}.{i}.weight"] = (o, n)
+                shapes[f"{c}.{net}.{i}.bias"] = (o,)
+        for name in ("log_gamma", "beta", "running_mean", "running_var"):
+            shapes[f"{b}.{name}"] = (D,)
+    return shapes
+
+
+def fkp_variables_from_state_dict(sd: dict, where: str = "state dict") -> tuple[dict, FlowConfig]:
+    """An FKP ``model_state`` -> (variables {'params', 'batch_stats'}, FlowConfig); checks everything."""
+    if "kernel_size" not in sd:
+        raise ConvertError(f"{where}: not an FKP state dict (no 'kernel_size' buffer)")
+    k = int(round(float(np.asarray(sd["kernel_size"]).reshape(-1)[0])))
+    sf = next((s for s in SCALES if min(4 * s + 3, 21) == k), None)
+    if sf is None:
+        raise ConvertError(f"{where}: kernel_size {k} matches no supported scale {SCALES}")
+    exp_shapes = _fkp_expected_shapes(FlowConfig(sf=sf))
+    missing = sorted(set(exp_shapes) - set(sd))
+    extra = sorted(set(sd) - set(exp_shapes))
+    if missing or extra:
+        raise ConvertError(f"{where}: not an FKP x{sf} state dict (missing {missing[:3]}, "
+                           f"unexpected {extra[:3]}{' ...' if len(missing) + len(extra) > 6 else ''})")
+    for key, shape in exp_shapes.items():
+        if tuple(sd[key].shape) != shape:
+            raise ConvertError(f"{where}: {key} has shape {tuple(sd[key].shape)}, expected {shape}")
+    config = FlowConfig(sf=sf, alpha=float(np.float32(sd["alpha"][0])),
+                        normalization=float(np.float32(sd["normalization"][0])))
+    if not (np.all(sd["base_dist_mean"] == 0) and np.all(sd["base_dist_var"] == 1)):
+        raise ConvertError(f"{where}: base distribution is not N(0, I)")
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    params, stats = {}, {}
+    for j in range(config.n_blocks):
+        c, b = f"net.{2 * j}", f"net.{2 * j + 1}"
+        if not np.array_equal(sd[f"{c}.mask"], np.asarray(mask(config, j))):
+            raise ConvertError(f"{where}: {c}.mask is not the alternating mask of block {j}")
+        params[f"net{2 * j}"] = {
+            net: {str(i): {"kernel": f32(sd[f"{c}.{net}.{i}.weight"].T),
+                           "bias": f32(sd[f"{c}.{net}.{i}.bias"])} for i in (0, 2, 4)}
+            for net in ("s_net", "t_net")}
+        params[f"net{2 * j + 1}"] = {n: f32(sd[f"{b}.{n}"]) for n in ("log_gamma", "beta")}
+        stats[f"net{2 * j + 1}"] = {n: f32(sd[f"{b}.{n}"]) for n in ("running_mean", "running_var")}
+    return {"params": params, "batch_stats": stats}, config
+
+
+def prior_from_torch(path) -> FlowPrior:
+    """Read an official FKP_x{2,3,4}.pt (no code execution; CUDA-saved tensors fine) -> FlowPrior."""
+    variables, config = fkp_variables_from_state_dict(_model_state(path), where=str(path))
+    return FlowPrior.from_variables(variables, config)
+
+
+def save_prior(prior: FlowPrior, dest, overwrite: bool = False) -> Path:
+    """Write ``prior`` as an orbax checkpoint that ``fkp_jax.flow.load_prior(dest)`` reads."""
+    return checkpoint.save(dest, prior.variables, {"model": "fkp_flow",
+                                                   "flow_config": prior.config.to_dict()},
+                           overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fkp_jax.convert",
+                                     description="Convert an official FKP_x{2,3,4}.pt to an orbax checkpoint.")
+    parser.add_argument("src", help="PyTorch checkpoint, e.g. FKP_x2.pt")
+    parser.add_argument("dest", help="output directory (must not exist)")
+    args = parser.parse_args(argv)
+    try:
+        dest = Path(args.dest)
+        if dest.exists():
+            raise FileExistsError(f"destination already exists: {dest}")
+        prior = prior_from_torch(args.src)
+        save_prior(prior, dest)
+    except (OSError, CheckpointError, ConvertError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote FKP x{prior.config.sf} prior (D={prior.config.D}) to {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""fkp_jax.convert: official FKP_x*.pt -> FlowPrior (key/shape checks) and the command line."""
+
+import jax
+import numpy as np
+import pytest
+
+from fkp_jax.convert import ConvertError, fkp_variables_from_state_dict, main, prior_from_torch
+from fkp_jax.flow import load_prior
+from fkp_jax.torch_state import load_state_dict
+
+
+@pytest.mark.parametrize("sf", (2, 3, 4))
+def test_official_weights_convert(sf, ref):
+    p = prior_from_torch(ref / "weights" / f"FKP_x{sf}.pt")
+    sd = load_state_dict(ref / "weights" / f"FKP_x{sf}.pt")["model_state"]
+    assert p.config.sf == sf and p.config.D == sd["base_dist_mean"].shape[0]
+    assert p.config.normalization == float(sd["normalization"][0])
+    np.testing.assert_array_equal(p.params["net4"]["t_net"]["2"]["kernel"], sd["net.4.t_net.2.weight"].T)
+    np.testing.assert_array_equal(p.batch_stats["net9"]["running_var"], sd["net.9.running_var"])
+    n_stored = sum(a.size for a in sd.values())
+    n_ours = sum(a.size for t in (p.params, p.batch_stats) for a in jax.tree.leaves(t))
+    masks = 5 * p.config.D
+    assert n_stored == n_ours + masks + 3 + 2 * p.config.D  # + masks, scalar buffers, base dist (spec 4.8)
+
+
+def test_bad_state_dicts(ref):
+    sd = dict(load_state_dict(ref / "weights" / "FKP_x2.pt")["model_state"])
+    with pytest.raises(ConvertError, match="not an FKP state dict"):
+        fkp_variables_from_state_dict({"a": np.zeros(1)})
+    bad = dict(sd)
+    del bad["net.3.beta"]
+    with pytest.raises(ConvertError, match="missing"):
+        fkp_variables_from_state_dict(bad)
+    bad = dict(sd, **{"net.0.s_net.2.weight": np.zeros((15, 14), np.float32)})
+    with pytest.raises(ConvertError, match="shape"):
+        fkp_variables_from_state_dict(bad)
+    bad = dict(sd, **{"net.2.mask": sd["net.0.mask"]})
+    with pytest.raises(ConvertError, match="mask"):
+        fkp_variables_from_state_dict(bad)
+    bad = dict(sd, kernel_size=np.array([13.0], np.float32))
+    with pytest.raises(ConvertError, match="kernel_size 13"):
+        fkp_variables_from_state_dict(bad)
+
+
+def test_cli_roundtrip_x4(ref, golden, tmp_path, capsys):
+    dest = tmp_path / "fkp_x4"
+    assert main([str(ref / "weights" / "FKP_x4.pt"), str(dest)]) == 0
+    g = golden("fkp_flow_x4")
+    prior = load_prior(dest)
+    assert prior.config.sf == 4
+    np.testing.assert_allclose(prior.kernel(np.asarray(g["z"], np.float32)), g["inv_kernel_f32"][:, 0], atol=1e-7)
+
+
+def _cli_error(capsys, argv, match):
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert match in err
+
+
+def test_cli_errors(ref, tmp_path, capsys):
+    dest = tmp_path / "out"
+    _cli_error(capsys, [tmp_path / "missing.pt", dest], "no such checkpoint file")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    _cli_error(capsys, [text, dest], "not a")
+    _cli_error(capsys, [ref / "golden" / "kernelgan_d_state.pt", dest], "not an FKP state dict")
+    dest.mkdir()
+    _cli_error(capsys, [ref / "weights" / "FKP_x2.pt", dest], "already exists")
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
