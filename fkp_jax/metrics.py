@@ -1,0 +1,144 @@
+"""Losses and evaluation metrics of DIP-FKP (FKP_SPEC 6.4 training losses, 9 evaluation protocol).
+
+Training losses (JAX, differentiable, NHWC float arrays): ``ssim``, ``ssim_loss``, ``mse``.
+Evaluation (float64 NumPy + OpenCV, as the original ``util.py``): ``rgb_to_y``, ``psnr_y``,
+``ssim_y``, ``kernel_psnr``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+WINDOW = 11
+SIGMA = 1.5
+
+
+# ----------------------------------------------------------------------------- training losses (6.4)
+
+def gaussian_1d(size: int = WINDOW, sigma: float = SIGMA) -> np.ndarray:
+    """Normalised 1-D Gaussian built as the original: exp in float64, cast to float32, /sum in float32."""
+    g = np.array([math.exp(-((x - size // 2) ** 2) / float(2 * sigma ** 2)) for x in range(size)],
+                 np.float32)
+    return g / g.sum(dtype=np.float32)
+
+
+def gaussian_window(size: int = WINDOW, sigma: float = SIGMA) -> np.ndarray:
+    """The original's (size, size) float32 window: outer product of ``gaussian_1d``."""
+    g = gaussian_1d(size, sigma)
+    return np.outer(g, g).astype(np.float32)
+
+
+def _check_pair(a, b):
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
+    if a.ndim != 4:
+        raise ValueError(f"expected NHWC arrays, got shape {a.shape}")
+
+
+def _blur(x):
+    """Depthwise Gaussian filter, zero padding 5 ('same'), NHWC; separable (two 1-D passes).
+
+    The original filters once with the 2-D outer-product window; the separable form differs only
+    by float32 rounding (well below 1e-6 on the SSIM value)."""
+    c = x.shape[-1]
+    g = jnp.asarray(gaussian_1d(), x.dtype)
+    pad = WINDOW // 2
+    dn = ("NHWC", "HWIO", "NHWC")
+    kh = jnp.tile(g.reshape(WINDOW, 1, 1, 1), (1, 1, 1, c))
+    kw = jnp.tile(g.reshape(1, WINDOW, 1, 1), (1, 1, 1, c))
+    hi = lax.Precision.HIGHEST
+    x = lax.conv_general_dilated(x, kh, (1, 1), ((pad, pad), (0, 0)), dimension_numbers=dn,
+                                 feature_group_count=c, precision=hi)
+    return lax.conv_general_dilated(x, kw, (1, 1), ((0, 0), (pad, pad)), dimension_numbers=dn,
+                                    feature_group_count=c, precision=hi)
+
+
+def ssim(a, b):
+    """SSIM of the DIP-FKP training loss on (N, H, W, C) arrays in [0, 1]: 11x11 Gaussian window,
+    sigma 1.5, per channel, zero padding 5, C1 = 0.01^2, C2 = 0.03^2, mean over everything."""
+    _check_pair(a, b)
+    c = a.shape[-1]
+    stats = _blur(jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1))
+    mu1, mu2, e11, e22, e12 = (stats[..., i * c:(i + 1) * c] for i in range(5))
+    mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    s1, s2, s12 = e11 - mu1_sq, e22 - mu2_sq, e12 - mu12
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    m = ((2 * mu12 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))
+    return jnp.mean(m)
+
+
+def ssim_loss(a, b):
+    """1 - ssim(a, b): the DIP-FKP loss for iterations t <= 80."""
+    return 1.0 - ssim(a, b)
+
+
+def mse(a, b):
+    """Mean squared error over all elements: the DIP-FKP loss for iterations t > 80."""
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
+    return jnp.mean(jnp.square(a - b))
+
+
+# ----------------------------------------------------------------------------- evaluation (9)
+
+def rgb_to_y(img) -> np.ndarray:
+    """MATLAB BT.601 luma of an HWC RGB image (uint8 0..255 or float 0..1), float64 in [0, 1]:
+    Y = (65.481 R + 128.553 G + 24.966 B) / 255 + 16 on 0..255 values, then / 255, not rounded."""
+    img = np.asarray(img)
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise ValueError(f"expected an HWC RGB image, got shape {img.shape}")
+    x = img / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
+    y = np.dot(x * 255.0, [65.481, 128.553, 24.966]) / 255.0 + 16.0
+    return y / 255.0
+
+
+def _eval_pair(hr_u8, sr_u8, sf: int):
+    """Modcrop both to a multiple of sf (a no-op for a real SR), Y, shave sf px; values x 255."""
+    hr, sr = np.asarray(hr_u8), np.asarray(sr_u8)
+    crop = lambda im: im[: im.shape[0] - im.shape[0] % sf, : im.shape[1] - im.shape[1] % sf]
+    hr, sr = crop(hr), crop(sr)
+    if hr.shape != sr.shape:
+        raise ValueError(f"HR {hr.shape} and SR {sr.shape} differ after modcrop to {sf}")
+    shave = lambda y: y[sf:-sf, sf:-sf] * 255.0
+    return shave(rgb_to_y(hr)), shave(rgb_to_y(sr))
+
+
+def psnr_y(hr_u8, sr_u8, sf: int) -> float:
+    """PSNR (dB, peak 255) on Y of HR vs SR (HWC RGB uint8), spec 9; inf for identical images."""
+    a, b = _eval_pair(hr_u8, sr_u8, sf)
+    err = np.mean((a - b) ** 2)
+    return float("inf") if err == 0 else 20 * math.log10(255.0 / math.sqrt(err))
+
+
+def _ssim_matlab(a, b) -> float:
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    k = cv2.getGaussianKernel(11, 1.5)
+    win = np.outer(k, k.transpose())
+    f = lambda x: cv2.filter2D(x, -1, win)[5:-5, 5:-5]
+    mu1, mu2 = f(a), f(b)
+    mu1_sq, mu2_sq, mu12 = mu1 ** 2, mu2 ** 2, mu1 * mu2
+    s1, s2, s12 = f(a ** 2) - mu1_sq, f(b ** 2) - mu2_sq, f(a * b) - mu12
+    m = ((2 * mu12 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))
+    return float(m.mean())
+
+
+def ssim_y(hr_u8, sr_u8, sf: int) -> float:
+    """MATLAB-style SSIM on Y*255 (OpenCV 11x11 Gaussian sigma 1.5, valid region), spec 9."""
+    a, b = _eval_pair(hr_u8, sr_u8, sf)
+    if min(a.shape) < 11:
+        raise ValueError(f"image too small for an 11x11 SSIM window after shaving: {a.shape}")
+    return _ssim_matlab(a, b)
+
+
+def kernel_psnr(gt, est) -> float:
+    """Kernel PSNR = -10 log10(mean((gt - est)^2)) in float64, peak 1, no alignment (spec 9)."""
+    gt, est = np.asarray(gt, np.float64), np.asarray(est, np.float64)
+    if gt.shape != est.shape:
+        raise ValueError(f"kernel shape mismatch: {gt.shape} vs {est.shape}")
+    err = np.mean((gt - est) ** 2)
+    return float("inf") if err == 0 else 20 * math.log10(1.0 / math.sqrt(err))
