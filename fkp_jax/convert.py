@@ -4,7 +4,7 @@ One section per model. Every converter checks every key and shape of the state d
 ``ConvertError`` (a ``ValueError``) with a one-line message when the file is not what it expects.
 Dense kernels are the PyTorch Linear weights transposed ((out, in) -> (in, out)).
 
-Command line (FKP only for now)::
+Command line (FKP priors)::
 
     python -m fkp_jax.convert SRC.pt DEST_DIR     # e.g. FKP_x4.pt -> orbax checkpoint for load_prior
 """
@@ -104,6 +104,18 @@ def save_prior(prior: FlowPrior, dest, overwrite: bool = False) -> Path:
     return checkpoint.save(dest, prior.variables, {"model": "fkp_flow",
                                                    "flow_config": prior.config.to_dict()},
                            overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------------------------
+# DIP image generator (FKP_SPEC 6.2; key layout in golden README Appendix A)
+
+
+def dip_params_from_torch(path) -> dict:
+    """Read a state dict of the original DIP skip generator (e.g. golden dip_skip_state.pt or
+    dipfkp_init_x2.pt; its BatchNorm buffers are ignored) -> ``fkp_jax.dip`` parameters."""
+    from fkp_jax import dip
+
+    return dip.params_from_torch(_model_state(path))
 
 
 # --------------------------------------------------------------------------------------------

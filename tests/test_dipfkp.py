@@ -8,8 +8,7 @@ import pytest
 
 from fkp_jax import degrade as degrade_lib
 from fkp_jax import dip, dipfkp, kernel_priors, metrics
-from fkp_jax.convert import prior_from_torch
-from fkp_jax.torch_state import load_state_dict
+from fkp_jax.convert import dip_params_from_torch, prior_from_torch
 
 NCHW_TO_NHWC = (0, 2, 3, 1)
 
@@ -32,7 +31,7 @@ def config():
 @pytest.fixture(scope="module")
 def start(ref, trace, prior, config):
     """The original's initial state: DIP weights, DIP input, latent, and the LR target (NHWC)."""
-    params = dip.params_from_torch(load_state_dict(ref / "golden" / "dipfkp_init_x2.pt"))
+    params = dip_params_from_torch(ref / "golden" / "dipfkp_init_x2.pt")
     z_x = jnp.asarray(trace["dip_input_noise"].transpose(NCHW_TO_NHWC))
     latent = jnp.asarray(trace["latent_init"].reshape(-1))
     lr = jnp.asarray(trace["lr_input"].transpose(NCHW_TO_NHWC))
@@ -168,3 +167,19 @@ def test_same_seed_reproduces_and_vmap_matches_single(start, step, prior, config
         np.testing.assert_allclose(np.asarray(out["kernel"][i]), np.asarray(ref["kernel"]), atol=1e-7)
         assert float(out["loss"][i]) == pytest.approx(float(ref["loss"]), rel=1e-5)
     assert not np.allclose(np.asarray(out["sr"][0]), np.asarray(out["sr"][1]))
+
+
+def test_ten_restarts_match_the_original_statistically(ref):
+    """After iteration 1 the loop is chaotic, so 10 restarts of the trace case (150 iterations) are compared
+    with the original's two runs (43.79 and 49.55 dB final kernel PSNR): same latent schedule, and final
+    kernel PSNRs in the same range."""
+    from experiments.trace_study import trace_restarts
+
+    res = trace_restarts(10, 150, ref)
+    f = res["final_kernel_psnr"]
+    assert np.all(res["first_latent_change"] == 78)
+    assert np.all(np.isfinite(f))
+    assert 40.0 <= np.median(f) <= 55.0, f
+    assert np.mean(f >= 35.0) >= 0.8, f
+    # the kernel estimate improves over the run, as in the original (34.2 dB at iteration 1)
+    assert np.all(res["kernel_psnr"][-1] > res["kernel_psnr"][0])
