@@ -108,7 +108,10 @@ def step(state: State, lr, prior: KernelPrior, config: DIPFKPConfig):
 
 
 def make_step(prior: KernelPrior, config: DIPFKPConfig, seeds: bool = False) -> Callable:
-    """The jitted step ``(state, lr) -> (state, outputs)``; with seeds=True, vmapped over the state's leading axis."""
+    """The jitted step ``(state, lr) -> (state, outputs)``; with seeds=True, vmapped over the state's leading axis.
+
+    The input state is donated (its buffers are reused for the new state): do not read it afterwards.
+    """
     fn = lambda s, lr: step(s, lr, prior, config)
     if seeds:
         fn = jax.vmap(fn, in_axes=(0, None))

@@ -183,3 +183,23 @@ def test_ten_restarts_match_the_original_statistically(ref):
     assert np.mean(f >= 35.0) >= 0.8, f
     # the kernel estimate improves over the run, as in the original (34.2 dB at iteration 1)
     assert np.all(res["kernel_psnr"][-1] > res["kernel_psnr"][0])
+
+
+@pytest.mark.parametrize("name, n_params", [("mlp", 322_121), ("softmax", 121)])
+def test_baseline_priors_run_through_the_same_solver(start, name, n_params):
+    """Double-DIP (mlp) and DIPSoftmax (spec 6.6): unit-sum kernels; the mlp learns from iteration 1,
+    the softmax logits (like the FKP latent) only from iteration 77."""
+    state, lr = start
+    prior = kernel_priors.make_prior(name, 2)
+    config = dipfkp.DIPFKPConfig(sf=2)
+    kvars = prior.init(jax.random.key(1))
+    n = sum(x.size for x in jax.tree.leaves(kvars)) - (200 if name == "mlp" else 0)  # the fixed code
+    assert n == n_params
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # the step donates its input state
+    s = dipfkp.state_from(copy(state["dip"]), copy(state["z_x"]), copy(kvars), prior, config)
+    s, out = dipfkp.run(s, lr, prior, config, iters=2)[:2]
+    k = np.asarray(out["kernel"])
+    assert k.shape == (11, 11) and float(k.sum()) == pytest.approx(1.0, abs=1e-5) and np.all(k > 0)
+    moved = [not np.array_equal(np.asarray(a), np.asarray(b))
+             for a, b in zip(jax.tree.leaves(s["kvars"]), jax.tree.leaves(kvars))]
+    assert any(moved) == (name == "mlp")

@@ -10,6 +10,7 @@ import pytest
 import scipy.io as sio
 
 from experiments import dipfkp as cli
+from fkp_jax.convert import prior_from_torch, save_prior
 from experiments.prepare_dataset import prepare_dataset
 
 
@@ -26,9 +27,14 @@ def dataset(tmp_path_factory):
     return root
 
 
-def test_run_writes_every_output(dataset, tmp_path, capsys):
+def test_run_writes_every_output(dataset, ref, tmp_path, capsys):
+    """Two images, two seeds, with --weights pointing at the official x2 prior converted by us."""
+    weights = tmp_path / "fkp_official_x2"
+    save_prior(prior_from_torch(ref / "weights" / "FKP_x2.pt"), weights)
     out = tmp_path / "out"
-    assert cli.main(["--sf", "2", "--dataset", str(dataset), "--iters", "3", "--seeds", "2", "--out", str(out)]) == 0
+    argv = ["--sf", "2", "--dataset", str(dataset), "--iters", "3", "--seeds", "2", "--out", str(out),
+            "--weights", str(weights)]
+    assert cli.main(argv) == 0
     record = json.loads((out / "metrics.json").read_text())
     assert set(record["images"]) == {"a", "b"}
     for name, r in record["images"].items():
@@ -45,6 +51,7 @@ def test_run_writes_every_output(dataset, tmp_path, capsys):
     assert record["mean"]["kernel_psnr"] == pytest.approx(
         np.mean([np.mean(r["kernel_psnr"]) for r in record["images"].values()]))
     assert "| a | 2 |" in (out / "results.md").read_text()
+    assert record["config"]["weights"] == str(weights)
     assert not list(out.glob(".*.tmp"))  # no temporary files left behind
 
 
@@ -80,10 +87,11 @@ def test_never_overwrites_inputs(dataset, tmp_path, capsys):
 
 
 def test_converts_grayscale_and_says_so(tmp_path):
+    """A fresh process with nothing but an LR image: our shipped x2 prior, no ground truth."""
     gray = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 256, (20, 20), dtype=np.uint8), (5, 5), 1.0)
     cv2.imwrite(str(tmp_path / "g.png"), gray)
     res = subprocess.run([sys.executable, "-m", "experiments.dipfkp", "--sf", "2", "--input", str(tmp_path / "g.png"),
-                          "--iters", "2", "--kernel-prior", "softmax", "--out", str(tmp_path / "o")],
+                          "--iters", "2", "--out", str(tmp_path / "o")],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "grayscale" in res.stderr
