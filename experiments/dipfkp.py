@@ -196,6 +196,8 @@ def main(argv=None) -> int:
         clash = [p for p in outputs if p.resolve() in inputs]
         if clash:
             raise ValueError(f"refusing to overwrite an input file: {clash[0]}; choose another --out")
+        if out_dir.resolve() in {p.parent for p in inputs}:
+            raise ValueError(f"refusing to write results into an input folder ({out_dir}); choose another --out")
 
         from fkp_jax import dipfkp, io, kernel_priors, report
 

@@ -83,7 +83,11 @@ def test_never_overwrites_inputs(dataset, tmp_path, capsys):
     _fails(["--sf", "2", "--dataset", str(root), "--out", str(root / "DIPFKP_lr_x2"), "--iters", "1"],
            capsys, "overwrite")
     assert (root / "DIPFKP_lr_x2" / "a_sr.png").read_bytes() == lr
-    assert sorted(p.name for p in (root / "DIPFKP_lr_x2").iterdir()) == ["a.png", "a_sr.png"]
+    # nor is any folder that holds inputs used as the output folder, even without a name clash
+    (root / "DIPFKP_lr_x2" / "a_sr.png").unlink()
+    _fails(["--sf", "2", "--input", str(root / "DIPFKP_lr_x2" / "a.png"), "--out", str(root / "DIPFKP_lr_x2"),
+            "--iters", "1"], capsys, "input folder")
+    assert sorted(p.name for p in (root / "DIPFKP_lr_x2").iterdir()) == ["a.png"]
 
 
 def test_converts_grayscale_and_says_so(tmp_path):
