@@ -148,14 +148,14 @@ def run_job(job: Job, args, prior, config, runner, out_dir: Path) -> dict:
 
     _, outputs, seconds = runner(state, lr_in, args.iters, callback=progress)
     bar.close()
-    kernels = np.asarray(outputs["kernel"], np.float32)  # (N, k, k)
+    est = np.asarray(outputs["kernel"], np.float32)  # (N, k, k)
     srs = np.asarray(outputs["sr"])[:, 0]  # (N, H, W, 3)
     sr_u8 = np.clip(np.round(srs * 255.0), 0, 255).astype(np.uint8)
 
     result = {"seeds": list(range(args.seeds)),
               "seconds": [seconds / args.seeds] * args.seeds}
     if gt is not None:
-        result["kernel_psnr"] = [metrics.kernel_psnr(gt, kk) for kk in kernels]
+        result["kernel_psnr"] = [metrics.kernel_psnr(gt, kk) for kk in est]
     if job.hr is not None:
         hr = io.read_image_u8(job.hr)
         hr = hr[: hr.shape[0] - hr.shape[0] % args.sf, : hr.shape[1] - hr.shape[1] % args.sf]
@@ -167,13 +167,13 @@ def run_job(job: Job, args, prior, config, runner, out_dir: Path) -> dict:
             result["ssim_y"] = [metrics.ssim_y(hr, s, args.sf) for s in sr_u8]
 
     io.write_image_u8(out_dir / f"{job.name}_sr.png", sr_u8[0])
-    io.write_npy(out_dir / f"{job.name}_kernel.npy", kernels[0])
-    io.write_kernel_mat(out_dir / f"{job.name}_kernel.mat", kernels[0])
+    io.write_npy(out_dir / f"{job.name}_kernel.npy", est[0])
+    io.write_kernel_mat(out_dir / f"{job.name}_kernel.mat", est[0])
     if args.seeds > 1:
-        io.write_npy(out_dir / f"{job.name}_kernels_seeds.npy", kernels)
-    pics, labels = [kernels[0]], ["estimate"]
+        io.write_npy(out_dir / f"{job.name}_kernels_seeds.npy", est)
+    pics, labels = [est[0]], ["estimate"]
     if gt is not None:
-        pics, labels = [kernels[0], gt], [f"estimate {result['kernel_psnr'][0]:.2f} dB", "ground truth"]
+        pics, labels = [est[0], gt], [f"estimate {result['kernel_psnr'][0]:.2f} dB", "ground truth"]
     io.write_image_u8(out_dir / f"{job.name}_kernel.png", report.kernel_picture(pics, labels))
     return result
 
@@ -190,7 +190,6 @@ def main(argv=None) -> int:
         inputs = {p.resolve() for j in jobs for p in (j.lr, j.hr, j.gt_kernel) if p is not None}
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"--out {out_dir} exists and is not a folder")
-        out_dir.mkdir(parents=True, exist_ok=True)
         outputs = [out_dir / "metrics.json", out_dir / "results.md"] + [
             out_dir / f"{j.name}{suffix}" for j in jobs for suffix in OUTPUT_SUFFIXES]
         clash = [p for p in outputs if p.resolve() in inputs]
@@ -198,6 +197,9 @@ def main(argv=None) -> int:
             raise ValueError(f"refusing to overwrite an input file: {clash[0]}; choose another --out")
         if out_dir.resolve() in {p.parent for p in inputs}:
             raise ValueError(f"refusing to write results into an input folder ({out_dir}); choose another --out")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # metrics.json marks a complete run: drop an earlier run's before this one starts
+        (out_dir / "metrics.json").unlink(missing_ok=True)
 
         from fkp_jax import dipfkp, io, kernel_priors, report
 

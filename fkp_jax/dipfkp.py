@@ -119,18 +119,22 @@ def make_step(prior: KernelPrior, config: DIPFKPConfig, seeds: bool = False) -> 
 
 
 def make_chunk(prior: KernelPrior, config: DIPFKPConfig, length: int, seeds: bool = False) -> Callable:
-    """``length`` iterations as one ``lax.scan`` (for accelerators); returns the last outputs and all losses."""
+    """``length`` iterations as one ``lax.scan`` (for accelerators): ``(state, lr) -> (state, outputs)``
+    with the outputs of the last iteration plus ``losses`` of all of them. Donates the input state."""
     one = lambda s, lr: step(s, lr, prior, config)
     if seeds:
         one = jax.vmap(one, in_axes=(0, None))
 
     def chunk(state, lr):
-        def body(s, _):
-            s, out = one(s, lr)
-            return s, out
-        state, outs = jax.lax.scan(body, state, None, length=length)
-        last = jax.tree.map(lambda x: x[-1], outs)
-        return state, {**last, "losses": outs["loss"]}
+        state, out = one(state, lr)  # the first iteration outside the scan gives the carry its shapes
+        first_loss = out["loss"]
+
+        def body(carry, _):
+            s, o = one(carry[0], lr)
+            return (s, o), o["loss"]
+
+        (state, out), losses = jax.lax.scan(body, (state, out), None, length=length - 1)
+        return state, {**out, "losses": jnp.concatenate([first_loss[None], losses])}
 
     return jax.jit(chunk, donate_argnums=0)
 

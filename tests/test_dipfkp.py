@@ -203,3 +203,14 @@ def test_baseline_priors_run_through_the_same_solver(start, name, n_params):
     moved = [not np.array_equal(np.asarray(a), np.asarray(b))
              for a, b in zip(jax.tree.leaves(s["kvars"]), jax.tree.leaves(kvars))]
     assert any(moved) == (name == "mlp")
+
+
+def test_scan_chunk_driver_matches_the_step(start, step, prior, config):
+    """The accelerator driver (lax.scan over a chunk of iterations) runs the same step: its first loss is
+    the single step's, its iteration counter advances by the chunk length."""
+    state, lr = start
+    single = step(jax.tree.map(jnp.copy, state), lr)[1]
+    after, out = dipfkp.make_chunk(prior, config, 2)(jax.tree.map(jnp.copy, state), lr)
+    assert out["losses"].shape == (2,) and int(after["t"]) == 3
+    assert float(out["losses"][0]) == pytest.approx(float(single["loss"]), rel=1e-6)
+    assert float(out["loss"]) == float(out["losses"][1])
