@@ -45,7 +45,7 @@ def parse_args(argv):
     src.add_argument("--input", type=Path, help="a single LR image")
     p.add_argument("--real", action="store_true", help="no ground truth: skip HR and kernel metrics")
     p.add_argument("--iters", type=int, default=1000, help="iterations per image (default 1000, as the original)")
-    p.add_argument("--seeds", type=int, default=1, help="independent restarts, run as one vectorised computation")
+    p.add_argument("--seeds", type=int, default=1, help="independent restarts (the paper reports means of 5); mean and std per image")
     p.add_argument("--seed", type=int, default=0, help="base random seed (restart i uses fold_in(seed, i))")
     p.add_argument("--kernel-prior", default="fkp", choices=("fkp", "mlp", "softmax"),
                    help="fkp (DIP-FKP), mlp (Double-DIP) or softmax (DIPSoftmax)")
