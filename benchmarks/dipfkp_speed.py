@@ -58,7 +58,6 @@ def measure(h: int, w: int, seeds: int, iters: int, seed_mode: str, chunk: int) 
 def matmul_peak() -> float:
     """Measured float32 matmul throughput of this machine (GFLOP/s), 2048^3 jnp.dot."""
     import jax
-    import jax.numpy as jnp
 
     n = 2048
     a = jax.random.normal(jax.random.key(0), (n, n))

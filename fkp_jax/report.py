@@ -39,7 +39,7 @@ def summarise(images: dict[str, dict[str, list]]) -> dict[str, float | None]:
     """Data-set means: the arithmetic mean over images of each image's mean over seeds."""
     out = {}
     for key in ("kernel_psnr", "psnr_y", "ssim_y"):
-        per_image = [mean_std(r.get(key, []))for r in images.values()]
+        per_image = [mean_std(r.get(key, [])) for r in images.values()]
         per_image = [m[0] for m in per_image if m is not None]
         out[key] = float(np.mean(per_image)) if per_image else None
     return out
