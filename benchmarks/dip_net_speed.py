@@ -53,6 +53,9 @@ def main():
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from fkp_jax import runtime
+
+    runtime.configure()
     import jax
     import jax.numpy as jnp
     import optax

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -28,6 +27,9 @@ from pathlib import Path
 
 def measure(h: int, w: int, seeds: int, iters: int, seed_mode: str, chunk: int) -> dict:
     """Run in a fresh process: time `iters` iterations after a warm-up; return the numbers."""
+    from fkp_jax import runtime
+
+    runtime.configure()
     import jax
 
     from fkp_jax import dipfkp, flow, kernel_priors
@@ -72,15 +74,9 @@ def matmul_peak() -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores visible"
+    from fkp_jax.runtime import cpu_name
+
+    return cpu_name()
 
 
 def main(argv=None) -> int:

@@ -201,7 +201,9 @@ def main(argv=None) -> int:
         # metrics.json marks a complete run: drop an earlier run's before this one starts
         (out_dir / "metrics.json").unlink(missing_ok=True)
 
-        from fkp_jax import dipfkp, io, kernel_priors, report
+        from fkp_jax import dipfkp, io, kernel_priors, report, runtime
+
+        runtime.configure()
 
         prior = kernel_priors.make_prior(args.kernel_prior, args.sf, args.weights)
         config = dipfkp.DIPFKPConfig(sf=args.sf, iters=args.iters)

@@ -72,6 +72,9 @@ def markdown(res: dict, iters: int) -> str:
 
 
 def main(argv=None) -> int:
+    from fkp_jax import runtime
+
+    runtime.configure()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--iters", type=int, default=150)

@@ -201,6 +201,9 @@ def evaluate(src: str, sf: int | None = None, val_size: int | None = None) -> tu
 
 
 def main(argv=None) -> int:
+    from fkp_jax import runtime
+
+    runtime.configure()
     p = argparse.ArgumentParser(prog="python -m experiments.train_fkp", description=__doc__.split("\n")[0])
     p.add_argument("--sf", type=int, default=None, help="scale factor 2, 3 or 4")
     p.add_argument("--steps", type=int, default=None, help="total steps (default epochs * 500)")

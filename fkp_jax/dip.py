@@ -13,7 +13,8 @@ Deliberate deviations from the original, none of which changes the function comp
   softmax, so the product is associative): O(HW C'^2) instead of O(HW N C'), and no HW x N matrix.
 - Bilinear x2 upsampling (align_corners=False, PyTorch nn.Upsample) is written as its fixed 2-tap
   stencil (weights 1/4, 3/4, edge replicated) instead of a generic resize.
-- 3x3 convs on large outputs are computed as im2col + one matmul (see ``conv3x3``), for speed.
+- 3x3 convs are computed by the algorithm fastest on the machine (``conv_algorithm``: XLA's
+  convolution, im2col + one matmul, or `conv3x3_rows`), chosen per backend and CPU instruction set.
 """
 
 from __future__ import annotations
@@ -43,24 +44,104 @@ def reflect_pad1(x):
     return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
 
 
-IM2COL_MIN_POSITIONS = 128 * 128 + 1  # measured crossover on 2 cores (benchmarks/dip_net_speed.py)
+IM2COL_MIN_POSITIONS = 128 * 128 + 1  # AVX-512 crossover, 2 cores (benchmarks/dip_net_speed.py)
+ROWS_MIN_POSITIONS = 12 * 12  # AVX2: below this XLA's own convolution is as fast (benchmarks/conv_speed.py)
+CONV_ALGORITHMS = ("xla", "im2col", "rows")
 
 
-def conv3x3(x, w, b, stride=1):
-    """Reflection pad 1 + 3x3 conv (HWIO kernel) with bias; stride 1 or 2.
+def conv_algorithm(out_positions: int, stride: int) -> str:
+    """How `conv3x3` computes a 3x3 convolution with ``out_positions`` = OH * OW outputs, chosen per
+    backend and, on CPUs, per instruction set at run time (forward + backward, 2 cores):
 
-    Large outputs (> 128 x 128 positions) use im2col (the 9 shifted views concatenated on channels)
-    + ONE matmul with K = 9 C_in: XLA:CPU's convolution (above all its backward) slows down on
-    large images while its matmul does not (whole step, 2 cores: 256x256 1.10 s vs 1.33 s,
-    480x320 2.47 s vs 3.42 s); on small outputs the native convolution is as fast or faster
-    (96x96 under load: 0.20 s vs 0.24 s). No XLA flag tried (XNNPACK, oneDNN, YNN fusions) helped."""
+    - accelerators: "xla" (the platform's convolution).
+    - CPU with AVX-512: "xla" up to 128^2 outputs, "im2col" above (the choice measured on that kind:
+      whole step 256x256 1.10 s vs 1.33 s, 480x320 2.47 s vs 3.42 s).
+    - other CPUs (AVX2), stride 1: "rows" from 12^2 outputs on; measured on AMD EPYC Zen 3, 144 -> 128
+      channels: 96^2 140 -> 93 ms, 48^2 35 -> 20 ms, 24^2 10.5 -> 6.4 ms, 256^2 3.6 -> 1.35 s. Stride 2
+      as on AVX-512.
+    """
+    from fkp_jax import runtime
+
+    if jax.default_backend() != "cpu":
+        return "xla"
+    if stride == 1 and not runtime.has_avx512():
+        return "rows" if out_positions >= ROWS_MIN_POSITIONS else "xla"
+    return "im2col" if out_positions >= IM2COL_MIN_POSITIONS else "xla"
+
+
+def _shift_columns(xp, width):
+    """(N, H, width + 2, C) -> (N, H, width, 3C): the three column shifts of each row side by side."""
+    return jnp.concatenate([xp[:, :, dx:dx + width] for dx in range(3)], axis=-1)
+
+
+def _taps_by_column(w):
+    """HWIO (3, 3, C, D) -> (3C, 3D): rows [dx, c], columns [dy, d]."""
+    c, d = w.shape[2:]
+    return w.transpose(1, 2, 0, 3).reshape(3 * c, 3 * d)
+
+
+@jax.custom_vjp
+def conv3x3_rows(xp, w):
+    """VALID 3x3 correlation, stride 1, of an already padded NHWC ``xp`` with an HWIO ``w``, as ONE matmul.
+
+    The three column shifts are concatenated on channels (K = 3C, one third of im2col's memory) and
+    multiplied by the taps of all three kernel rows at once (N = 3D); output row y sums row y + dy of
+    block dy. Same sums as the convolution in another order (float32 rounding differs). The VJP is
+    written out as the two matmuls it needs, in the shapes XLA:CPU runs fastest (autodiff of the
+    forward transposes large buffers first: 96^2 fwd + bwd 140 ms autodiff vs 93 ms here)."""
+    return _rows_product(_shift_columns(xp, xp.shape[2] - 2), w)
+
+
+def _rows_product(cols, w):
+    """Output of `conv3x3_rows` from the column shifts ``cols`` (N, H + 2, W, 3C)."""
+    n, hp, width, c3 = cols.shape
+    h, d = hp - 2, w.shape[-1]
+    p = jnp.dot(cols.reshape(n * hp * width, c3), _taps_by_column(w), precision=PRECISION)
+    p = p.reshape(n, hp, width, 3 * d)
+    return p[:, 0:h, :, 0:d] + p[:, 1:h + 1, :, d:2 * d] + p[:, 2:h + 2, :, 2 * d:]
+
+
+def _conv3x3_rows_fwd(xp, w):
+    cols = _shift_columns(xp, xp.shape[2] - 2)  # kept for the backward pass rather than built twice
+    return _rows_product(cols, w), (cols, w)
+
+
+def _conv3x3_rows_bwd(res, dy):
+    cols, w = res
+    n, hp, width, c3 = cols.shape
+    c, d = c3 // 3, w.shape[-1]
+    # block r of the matmul output feeds output rows shifted by r: its cotangent is dy shifted by r
+    dp = jnp.concatenate([jnp.pad(dy, ((0, 0), (r, 2 - r), (0, 0), (0, 0))) for r in range(3)], axis=-1)
+    dp = dp.reshape(n * hp * width, 3 * d)
+    cols = cols.reshape(n * hp * width, 3 * c)
+    d_taps = jnp.dot(cols.T, dp, precision=PRECISION)  # (3C, 3D)
+    d_cols = jnp.dot(dp, _taps_by_column(w).T, precision=PRECISION).reshape(n, hp, width, 3 * c)
+    dxp = sum(jnp.pad(d_cols[..., s * c:(s + 1) * c], ((0, 0), (0, 0), (s, 2 - s), (0, 0))) for s in range(3))
+    return dxp, d_taps.reshape(3, c, 3, d).transpose(2, 0, 1, 3)
+
+
+conv3x3_rows.defvjp(_conv3x3_rows_fwd, _conv3x3_rows_bwd)
+
+
+def conv3x3(x, w, b, stride=1, algorithm=None):
+    """Reflection pad 1 + 3x3 conv (HWIO kernel) with bias; stride 1 or 2; NHWC.
+
+    ``algorithm`` (default: `conv_algorithm`): "xla" = ``lax.conv_general_dilated``; "im2col" = the 9
+    shifted views concatenated on channels + ONE matmul with K = 9 C_in (XLA:CPU's convolution, above all
+    its backward, slows down on large maps, its matmul does not); "rows" = `conv3x3_rows` (stride 1).
+    All three compute the same sums; they differ in float32 rounding only."""
     xp = reflect_pad1(x)
     n, h, w_, c = xp.shape
     oh, ow = (h - 3) // stride + 1, (w_ - 3) // stride + 1
-    if oh * ow < IM2COL_MIN_POSITIONS:
+    algorithm = conv_algorithm(oh * ow, stride) if algorithm is None else algorithm
+    if algorithm == "rows" and stride == 1:
+        return conv3x3_rows(xp, w) + b
+    if algorithm == "xla" or algorithm == "rows":
         y = lax.conv_general_dilated(xp, w, (stride, stride), "VALID",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=PRECISION)
         return y + b
+    if algorithm != "im2col":
+        raise ValueError(f"algorithm must be one of {CONV_ALGORITHMS}, not {algorithm!r}")
     cols = jnp.concatenate([xp[:, dy:dy + stride * (oh - 1) + 1:stride, dx:dx + stride * (ow - 1) + 1:stride]
                             for dy in range(3) for dx in range(3)], axis=-1)
     return jnp.einsum("nhwk,kd->nhwd", cols, w.reshape(9 * c, w.shape[-1]), precision=PRECISION) + b

@@ -46,6 +46,13 @@ class DIPFKPConfig:
     input_channels: int = 3
 
 
+def dip_optimizer(config: DIPFKPConfig) -> optax.GradientTransformation:
+    """Adam (lr 5e-3, PyTorch's betas and eps) on the DIP parameters, per tensor. (One flat vector through
+    ``optax.flatten`` measured slower on XLA:CPU, 0.33 vs 0.29 s per 96x96 iteration on AVX2: the ravel
+    and unravel of 2.36M values cost more than the ~450 small fused loops they replace.)"""
+    return optax.adam(config.dip_lr)
+
+
 def init_state(key: jax.Array, prior: KernelPrior, lr_hw: tuple[int, int], config: DIPFKPConfig) -> State:
     """A fresh restart for an LR image of size lr_hw: DIP init, DIP input noise and kernel variables
     all from ``key`` (split per purpose)."""
@@ -61,7 +68,7 @@ def state_from(dip_params, z_x: jax.Array, kernel_vars, prior: KernelPrior, conf
     return {
         "t": jnp.asarray(1, jnp.int32),
         "dip": dip_params,
-        "dip_opt": optax.adam(config.dip_lr).init(dip_params),
+        "dip_opt": dip_optimizer(config).init(dip_params),
         "kvars": kernel_vars,
         "k_opt": prior.optimizer.init(kernel_vars),
         "z_x": z_x,
@@ -91,8 +98,7 @@ def grads(state: State, lr, prior: KernelPrior, config: DIPFKPConfig):
 def step(state: State, lr, prior: KernelPrior, config: DIPFKPConfig):
     """One iteration (spec 6.4): returns the next state and {loss, kernel, sr} of this iteration's forward."""
     (loss, (sr, kernel)), (g_dip, g_k) = grads(state, lr, prior, config)
-    dip_opt = optax.adam(config.dip_lr)
-    updates, dip_opt_state = dip_opt.update(g_dip, state["dip_opt"], state["dip"])
+    updates, dip_opt_state = dip_optimizer(config).update(g_dip, state["dip_opt"], state["dip"])
     dip_params = optax.apply_updates(state["dip"], updates)
 
     k_updates, k_opt_state = prior.optimizer.update(g_k, state["k_opt"], state["kvars"])

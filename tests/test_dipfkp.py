@@ -47,10 +47,11 @@ def iteration1(start, prior, config):
 
 def test_iteration1_loss_kernel_and_sr(iteration1, trace):
     (loss, (sr, kernel)), _ = iteration1
-    assert float(loss) == pytest.approx(float(trace["loss"][0]), rel=1e-5)
-    assert float(loss) == pytest.approx(float(trace["iter1_f64_loss"]), rel=2e-5)
+    np.testing.assert_allclose(float(loss), trace["loss"][0], rtol=1e-5)
+    np.testing.assert_allclose(float(loss), trace["iter1_f64_loss"], rtol=2e-5)
     np.testing.assert_allclose(np.asarray(kernel), trace["kernels"][0], atol=1e-6)
-    np.testing.assert_allclose(np.asarray(sr), trace["sr_snapshots"][0][None].transpose(NCHW_TO_NHWC), atol=2e-5)
+    # worst measured 1.8e-5 (XLA max_isa AVX, and XLA conv on AVX2); 2x margin
+    np.testing.assert_allclose(np.asarray(sr), trace["sr_snapshots"][0][None].transpose(NCHW_TO_NHWC), atol=4e-5)
 
 
 def test_iteration1_gradient_norms(iteration1, trace):
@@ -62,14 +63,15 @@ def test_iteration1_gradient_norms(iteration1, trace):
     ours = np.array([float(jnp.linalg.norm(g)) for _, g in named])
     live = trace["iter1_f64_grad_norm"] > 1e-10  # vanishing ones are < 1e-12 in float64
     assert live.sum() == 142 - 24 - 33
-    # 1e-3 relative to the original's float32 run; the nine batch-norm scales with gradient norms below
-    # 1e-5 are rounding-limited (the original's own float32 and float64 runs differ there by up to
-    # 2.5e-3), so those are held to 2e-3 relative against its float64 run instead.
+    # Relative to the original's float32 run: worst measured 7.1e-4 (AVX2 with XLA conv; AVX-512 < 1e-3),
+    # tolerance 2e-3. The nine batch-norm scales with gradient norms below 1e-5 are rounding-limited: the
+    # original's own float32 and float64 runs differ there by up to 2.5e-3, we measure up to 4.2e-3 against
+    # its float64 run (AVX2: 2.7e-3 with XLA's conv, as issue 6 reports; XLA max_isa AVX 3.2e-3): 1e-2.
     big = live & (trace["iter1_f64_grad_norm"] > 1e-5)
     assert big.sum() == 76
-    np.testing.assert_allclose(ours[big], trace["iter1_grad_norm"][big], rtol=1e-3)
+    np.testing.assert_allclose(ours[big], trace["iter1_grad_norm"][big], rtol=2e-3)
     small = live & ~big
-    np.testing.assert_allclose(ours[small], trace["iter1_f64_grad_norm"][small], rtol=2e-3)
+    np.testing.assert_allclose(ours[small], trace["iter1_f64_grad_norm"][small], rtol=1e-2)
     # the latent has a gradient mathematically; the step discards it until t = 77 (see the schedule test)
     assert np.all(np.isfinite(np.asarray(g_latent)))
 
@@ -94,13 +96,13 @@ def test_first_update_and_iteration2(start, step, trace):
     # whose gradients are at rounding level, where Adam's g / (|g| + eps) is sensitive)
     rel = np.minimum(np.abs(norms / trace["iter1_update_norm"] - 1),
                      np.abs(norms / trace["iter1_f64_update_norm"] - 1))
-    assert rel[live & ~level4].max() < 5e-3
+    np.testing.assert_allclose(rel[live & ~level4], 0, atol=5e-3)
     np.testing.assert_allclose(norms[level4], trace["iter1_update_norm"][level4], rtol=3e-2)
     assert np.all(norms[trace["iter1_grad_norm"] == 0] == 0)  # the non-local 1x1 convs do not move
     np.testing.assert_allclose(np.asarray(state1["kvars"]), trace["latents"][1], atol=1e-5)
     assert float(jnp.linalg.norm(state1["kvars"])) == pytest.approx(10.0, rel=1e-6)
     _, out2 = step(state1, lr)
-    assert float(out2["loss"]) == pytest.approx(float(trace["loss"][1]), rel=2e-2)
+    np.testing.assert_allclose(float(out2["loss"]), trace["loss"][1], rtol=2e-2)
 
 
 def test_kernel_branch_unit_check(trace, prior):
@@ -116,12 +118,14 @@ def test_kernel_branch_unit_check(trace, prior):
     (mse, out), grad = jax.value_and_grad(loss, has_aux=True)(z)
     np.testing.assert_allclose(np.asarray(prior.kernel(z)), trace["unit_kernel"][0, 0], atol=1e-7)
     np.testing.assert_allclose(np.asarray(out), trace["unit_out_lr"].transpose(NCHW_TO_NHWC), atol=1e-6)
-    assert float(mse) == pytest.approx(float(trace["unit_mse"]), rel=1e-5)
+    np.testing.assert_allclose(float(mse), trace["unit_mse"], rtol=1e-5)
     np.testing.assert_allclose(np.asarray(grad), trace["unit_latent_grad"].reshape(-1), rtol=1e-3,
                                atol=1e-3 * np.abs(trace["unit_latent_grad"]).max())
     updates, _ = prior.optimizer.update(grad, prior.optimizer.init(z), z)
     z1 = prior.project(optax.apply_updates(z, updates))
-    np.testing.assert_allclose(np.asarray(z1), trace["unit_latent_after_step"].reshape(-1), atol=1e-5)
+    # radius-10 latent after one Adam step (lr 0.5, g / (|g| + eps) amplifies rounding): worst measured
+    # 1.7e-5 (XLA max_isa AVX), 9.3e-6 on AVX2; tolerance 4e-5
+    np.testing.assert_allclose(np.asarray(z1), trace["unit_latent_after_step"].reshape(-1), atol=4e-5)
 
 
 def test_loss_switches_from_ssim_to_mse_after_iteration_80(start, prior, config):

@@ -25,10 +25,13 @@ def test_window(L):
 
 def test_training_losses(L, pair):
     a, b = pair
-    assert abs(float(M.ssim(a, b)) - L["train_ssim_f32"]) < 1e-6
-    assert abs(float(M.ssim_loss(a, b)) - L["train_ssim_loss_f32"]) < 1e-6
-    assert abs(float(M.mse(a, b)) - L["train_mse_f32"]) < 1e-6
-    assert abs(float(M.ssim(a, b)) - L["train_ssim_f64"]) < 1e-6
+    # SSIM 0.963 (float32 ulp 6e-8): orig f32 vs f64 1.9e-8, ours 6.0e-8 (1 ulp) on every CPU configuration;
+    # a float32 mean of 1,728 terms may round up to ~log2(1728) ulps in another order -> 1e-6
+    np.testing.assert_allclose(float(M.ssim(a, b)), L["train_ssim_f32"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(float(M.ssim_loss(a, b)), L["train_ssim_loss_f32"], rtol=0, atol=1e-6)
+    # MSE 5.9e-3: orig 7.8e-8 rel, ours 7.9e-8 rel (1 ulp); same summation bound -> 1e-6 rel (was 1e-6 abs = 1.7e-4 rel)
+    np.testing.assert_allclose(float(M.mse(a, b)), L["train_mse_f32"], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(float(M.ssim(a, b)), L["train_ssim_f64"], rtol=0, atol=1e-6)
 
 
 def test_training_losses_invariants(pair):
@@ -46,8 +49,9 @@ def test_training_losses_invariants(pair):
 @pytest.mark.parametrize("sf", [2, 3, 4])
 def test_eval_psnr_ssim_y(L, sf):
     hr, sr = L["eval_hr_u8"], L["eval_sr_u8"]
-    assert abs(M.psnr_y(hr, sr, sf) - L[f"eval_psnr_y_s{sf}"]) < 1e-6
-    assert abs(M.ssim_y(hr, sr, sf) - L[f"eval_ssim_y_s{sf}"]) < 1e-6
+    # float64 evaluation as the original's: measured <= 8.2e-15
+    np.testing.assert_allclose(M.psnr_y(hr, sr, sf), L[f"eval_psnr_y_s{sf}"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(M.ssim_y(hr, sr, sf), L[f"eval_ssim_y_s{sf}"], rtol=0, atol=1e-10)
 
 
 def test_rgb_to_y(L):
@@ -70,7 +74,7 @@ def test_eval_invariants_and_errors(L):
 def test_kernel_psnr(L):
     for i in (1, 2):
         gt, est = L[f"kpsnr_pair{i}_gt"], L[f"kpsnr_pair{i}_est"]
-        assert abs(M.kernel_psnr(gt, est) - L[f"kpsnr_pair{i}"]) < 1e-6
+        np.testing.assert_allclose(M.kernel_psnr(gt, est), L[f"kpsnr_pair{i}"], rtol=0, atol=1e-10)  # float64: 0
         assert M.kernel_psnr(gt, est) == M.kernel_psnr(est, gt)
     assert M.kernel_psnr(gt, gt) == float("inf")
     with pytest.raises(ValueError):

@@ -1,0 +1,26 @@
+"""fkp_jax.runtime: CPU detection and the allocator setting."""
+
+import platform
+from pathlib import Path
+
+import pytest
+
+from fkp_jax import runtime
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="needs /proc/cpuinfo")
+def test_cpu_flags_read_from_proc_cpuinfo():
+    text = Path("/proc/cpuinfo").read_text()
+    flags = runtime.cpu_flags()
+    assert flags, "no flags parsed"
+    assert runtime.has_avx512() == (" avx512f" in text)
+    if platform.machine() == "x86_64":
+        assert "sse2" in flags
+        isa = "AVX-512" if runtime.has_avx512() else "AVX2"
+        assert isa in runtime.cpu_name()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_configure_applies_and_is_idempotent():
+    assert runtime.configure() is True
+    assert runtime.configure() is True
