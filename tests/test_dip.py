@@ -51,12 +51,14 @@ def test_init_pytorch_default():
 def test_parity_dip_skip_f32(forward, state, golden):
     g = golden("dip_skip")
     y = np.asarray(forward(dip.params_from_torch(state), nhwc(g["input"]))).transpose(0, 3, 1, 2)
-    # float32 rounding is amplified by the train-mode BNs of the deepest level (2x2 positions): the
-    # original's own f32 and f64 outputs differ by 2.0e-5 (mean 3.1e-6). Worst measured over AVX2 (every
-    # conv algorithm), XLA max_isa AVX / SSE4.2 and the AVX-512 machine: 5.3e-5 vs its f32, 3.6e-5 vs its
-    # f64, mean 8.4e-6. Tolerances 2x those (a BN eps of 1e-3 or a dropped skip moves outputs by > 1e-3).
+    # float32 rounding is amplified by the train-mode BNs of the deepest level (2x2 positions). Float32
+    # tolerances: >= 2x the worst measured (AVX2 with each conv algorithm, XLA max_isa AVX / SSE4.2; the
+    # AVX-512 machine 3.2e-5 / 1.7e-5) and >= the original's own f32 vs f64 spread (docs/tolerances.md).
+    # orig 2.0e-5; ours 5.3e-5 (max_isa AVX) -> 1.1e-4
     np.testing.assert_allclose(y, g["output_train_bn_f32"], rtol=0, atol=1.1e-4)
-    np.testing.assert_allclose(y, g["output_train_bn_f64"], rtol=0, atol=7e-5)
+    # orig 2.0e-5; ours 3.6e-5 (max_isa AVX) -> 8e-5
+    np.testing.assert_allclose(y, g["output_train_bn_f64"], rtol=0, atol=8e-5)
+    # mean |error|: orig 3.1e-6; ours 8.4e-6 (max_isa AVX) -> 2e-5
     np.testing.assert_allclose(np.abs(y - g["output_train_bn_f32"]).mean(), 0, atol=2e-5)
 
 
@@ -75,8 +77,9 @@ def test_parity_dipfkp_iteration1(forward, ref, golden):
     p = dip.params_from_torch(load_state_dict(ref / "golden" / "dipfkp_init_x2.pt"))
     y = np.asarray(forward(p, nhwc(t["dip_input_noise"]))).transpose(0, 3, 1, 2)
     assert int(t["sr_snapshot_iters"][0]) == 1
-    np.testing.assert_allclose(y[0], t["sr_snapshots"][0], rtol=0, atol=3e-5)
-    np.testing.assert_allclose(y, t["iter1_f64_sr"], rtol=0, atol=3e-5)
+    # orig f32 vs f64 8.7e-6; ours 1.8e-5 (max_isa AVX; XLA conv 1.7e-5) -> 4e-5 (both; was 3e-5)
+    np.testing.assert_allclose(y[0], t["sr_snapshots"][0], rtol=0, atol=4e-5)
+    np.testing.assert_allclose(y, t["iter1_f64_sr"], rtol=0, atol=4e-5)
 
 
 def test_odd_size_shape_and_range(forward):

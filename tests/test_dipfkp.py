@@ -47,10 +47,15 @@ def iteration1(start, prior, config):
 
 def test_iteration1_loss_kernel_and_sr(iteration1, trace):
     (loss, (sr, kernel)), _ = iteration1
-    np.testing.assert_allclose(float(loss), trace["loss"][0], rtol=1e-5)
-    np.testing.assert_allclose(float(loss), trace["iter1_f64_loss"], rtol=2e-5)
+    # Float32 tolerances (docs/tolerances.md): >= 2x the worst measured (AVX2 with each conv algorithm, XLA
+    # max_isa AVX / SSE4.2) and >= the original's own f32 vs f64 spread ("orig"), kept if within 10x of that.
+    # orig 6.1e-6 rel; ours 7.0e-6 rel (XLA conv) -> 1.5e-5 (was 1e-5)
+    np.testing.assert_allclose(float(loss), trace["loss"][0], rtol=1.5e-5)
+    # orig 6.1e-6 rel; ours 1.3e-5 rel (XLA conv) -> 3e-5 (was 2e-5)
+    np.testing.assert_allclose(float(loss), trace["iter1_f64_loss"], rtol=3e-5)
+    # orig 3.0e-8; ours 6.0e-8 -> kept 1e-6 (8x)
     np.testing.assert_allclose(np.asarray(kernel), trace["kernels"][0], atol=1e-6)
-    # worst measured 1.8e-5 (XLA max_isa AVX, and XLA conv on AVX2); 2x margin
+    # orig 8.7e-6; ours 1.8e-5 (max_isa AVX, XLA conv) -> 4e-5
     np.testing.assert_allclose(np.asarray(sr), trace["sr_snapshots"][0][None].transpose(NCHW_TO_NHWC), atol=4e-5)
 
 
@@ -63,13 +68,12 @@ def test_iteration1_gradient_norms(iteration1, trace):
     ours = np.array([float(jnp.linalg.norm(g)) for _, g in named])
     live = trace["iter1_f64_grad_norm"] > 1e-10  # vanishing ones are < 1e-12 in float64
     assert live.sum() == 142 - 24 - 33
-    # Relative to the original's float32 run: worst measured 7.1e-4 (AVX2 with XLA conv; AVX-512 < 1e-3),
-    # tolerance 2e-3. The nine batch-norm scales with gradient norms below 1e-5 are rounding-limited: the
-    # original's own float32 and float64 runs differ there by up to 2.5e-3, we measure up to 4.2e-3 against
-    # its float64 run (AVX2: 2.7e-3 with XLA's conv, as issue 6 reports; XLA max_isa AVX 3.2e-3): 1e-2.
+    # Relative to the original's float32 run: orig f32 vs f64 4.0e-4; ours 1.2e-3 (im2col conv; AVX-512
+    # < 1e-3) -> 3e-3. The nine batch-norm scales with gradient norms below 1e-5 are rounding-limited, so
+    # against its float64 run: orig 2.5e-3; ours 4.8e-3 (rows conv; AVX-512 < 2e-3) -> 1e-2.
     big = live & (trace["iter1_f64_grad_norm"] > 1e-5)
     assert big.sum() == 76
-    np.testing.assert_allclose(ours[big], trace["iter1_grad_norm"][big], rtol=2e-3)
+    np.testing.assert_allclose(ours[big], trace["iter1_grad_norm"][big], rtol=3e-3)
     small = live & ~big
     np.testing.assert_allclose(ours[small], trace["iter1_f64_grad_norm"][small], rtol=1e-2)
     # the latent has a gradient mathematically; the step discards it until t = 77 (see the schedule test)
@@ -96,13 +100,17 @@ def test_first_update_and_iteration2(start, step, trace):
     # whose gradients are at rounding level, where Adam's g / (|g| + eps) is sensitive)
     rel = np.minimum(np.abs(norms / trace["iter1_update_norm"] - 1),
                      np.abs(norms / trace["iter1_f64_update_norm"] - 1))
-    np.testing.assert_allclose(rel[live & ~level4], 0, atol=5e-3)
+    # orig 4.1e-3; ours 2.6e-3 (XLA conv; AVX-512 < 5e-3) -> 6e-3 (was 5e-3)
+    np.testing.assert_allclose(rel[live & ~level4], 0, atol=6e-3)
+    # orig 2.4e-2; ours 9.1e-3 (max_isa AVX; AVX-512 8e-3) -> 3e-2
     np.testing.assert_allclose(norms[level4], trace["iter1_update_norm"][level4], rtol=3e-2)
     assert np.all(norms[trace["iter1_grad_norm"] == 0] == 0)  # the non-local 1x1 convs do not move
-    np.testing.assert_allclose(np.asarray(state1["kvars"]), trace["latents"][1], atol=1e-5)
+    # projection only: ours 4.7e-7 -> 2e-6 (was 1e-5)
+    np.testing.assert_allclose(np.asarray(state1["kvars"]), trace["latents"][1], rtol=0, atol=2e-6)
     assert float(jnp.linalg.norm(state1["kvars"])) == pytest.approx(10.0, rel=1e-6)
     _, out2 = step(state1, lr)
-    np.testing.assert_allclose(float(out2["loss"]), trace["loss"][1], rtol=2e-2)
+    # chaos band (no f64 reference; the original with 1 vs 2 threads: 8.2e-5); ours 2.0e-2 (im2col) -> 5e-2
+    np.testing.assert_allclose(float(out2["loss"]), trace["loss"][1], rtol=5e-2)
 
 
 def test_kernel_branch_unit_check(trace, prior):
@@ -116,15 +124,20 @@ def test_kernel_branch_unit_check(trace, prior):
         return metrics.mse(out, lr), out
 
     (mse, out), grad = jax.value_and_grad(loss, has_aux=True)(z)
+    # "orig" here: the original's float32 vs this port in float64 (the golden file has no f64 run of this check)
+    # orig 4.8e-8; ours 3.0e-8 -> 1e-7
     np.testing.assert_allclose(np.asarray(prior.kernel(z)), trace["unit_kernel"][0, 0], atol=1e-7)
+    # orig 4.7e-7; ours 4.8e-7 -> 1e-6
     np.testing.assert_allclose(np.asarray(out), trace["unit_out_lr"].transpose(NCHW_TO_NHWC), atol=1e-6)
+    # orig 4.3e-6 rel; ours 4.0e-6 rel -> 1e-5
     np.testing.assert_allclose(float(mse), trace["unit_mse"], rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(grad), trace["unit_latent_grad"].reshape(-1), rtol=1e-3,
-                               atol=1e-3 * np.abs(trace["unit_latent_grad"]).max())
+    # relative to max |grad|: orig 5.0e-6; ours 4.4e-6 -> 1e-5 (was 1e-3 rel + 1e-3 of max: 200x looser)
+    np.testing.assert_allclose(np.asarray(grad), trace["unit_latent_grad"].reshape(-1), rtol=0,
+                               atol=1e-5 * np.abs(trace["unit_latent_grad"]).max())
     updates, _ = prior.optimizer.update(grad, prior.optimizer.init(z), z)
     z1 = prior.project(optax.apply_updates(z, updates))
-    # radius-10 latent after one Adam step (lr 0.5, g / (|g| + eps) amplifies rounding): worst measured
-    # 1.7e-5 (XLA max_isa AVX), 9.3e-6 on AVX2; tolerance 4e-5
+    # radius-10 latent after one Adam step (float32 bias corrections): orig 3.7e-6; ours 1.7e-5 (max_isa AVX,
+    # 9.3e-6 on AVX2) -> 4e-5
     np.testing.assert_allclose(np.asarray(z1), trace["unit_latent_after_step"].reshape(-1), atol=4e-5)
 
 
