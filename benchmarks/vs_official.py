@@ -177,17 +177,9 @@ def child_ours(h: int, w: int, threads: int, warmup: int, iters: int) -> dict:
 # ---------------------------------------------------------------- parent
 
 def cpu_info() -> tuple[str, bool]:
-    name, avx512 = "unknown CPU", False
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name == "unknown CPU":
-                name = value.strip()
-            elif key.strip() == "flags":
-                avx512 = avx512 or "avx512f" in value.split()
-    except OSError:
-        pass
-    return name, avx512
+    from fkp_jax import runtime
+
+    return runtime.cpu_model(), runtime.has_avx512()
 
 
 def child_env(side: str, threads: int) -> dict:

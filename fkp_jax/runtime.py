@@ -40,20 +40,23 @@ def has_avx512() -> bool:
     return "avx512f" in cpu_flags()
 
 
-def cpu_name() -> str:
-    """The CPU model name and visible core count, for benchmark tables."""
-    import os
-
-    name = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU model name ("model name" in /proc/cpuinfo), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_name() -> str:
+    """The CPU model name, its ISA kind and the visible core count, for benchmark tables."""
+    import os
+
     isa = "AVX-512" if has_avx512() else ("AVX2, no AVX-512" if "avx2" in cpu_flags() else "no AVX2")
-    return f"{name} ({isa}), {os.cpu_count()} cores visible"
+    return f"{cpu_model()} ({isa}), {os.cpu_count()} cores visible"
 
 
 def configure() -> bool:
