@@ -35,10 +35,13 @@ def mean_std(values) -> tuple[float, float] | None:
     return float(np.mean(v)), float(np.std(v))
 
 
+METRICS = ("kernel_psnr", "psnr_y", "ssim_y", "psnr_y_usrnet", "ssim_y_usrnet")
+
+
 def summarise(images: dict[str, dict[str, list]]) -> dict[str, float | None]:
     """Data-set means: the arithmetic mean over images of each image's mean over seeds."""
     out = {}
-    for key in ("kernel_psnr", "psnr_y", "ssim_y"):
+    for key in METRICS:
         per_image = [mean_std(r.get(key, [])) for r in images.values()]
         per_image = [m[0] for m in per_image if m is not None]
         out[key] = float(np.mean(per_image)) if per_image else None
@@ -54,19 +57,25 @@ def results_markdown(images: dict[str, dict[str, list]], mean: dict, title: str,
             return "-"
         return f"{ms[0]:{fmt}} ± {ms[1]:{fmt}}" if len(values) > 1 else f"{ms[0]:{fmt}}"
 
+    usrnet = any(r.get("psnr_y_usrnet") for r in images.values())
+    extra_head = " PSNR-Y USRNet (dB) | SSIM-Y USRNet |" if usrnet else ""
     lines = [f"# {title}", "", f"Command: `{command}`", "",
-             "| image | seeds | kernel PSNR (dB) | PSNR-Y (dB) | SSIM-Y | seconds / seed |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| image | seeds | kernel PSNR (dB) | PSNR-Y (dB) | SSIM-Y |" + extra_head + " seconds / seed |",
+             "| --- | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if usrnet else "") + " ---: |"]
     for name, r in images.items():
+        extra = (f" {cell(r.get('psnr_y_usrnet', []), '.2f')} | {cell(r.get('ssim_y_usrnet', []), '.4f')} |"
+                 if usrnet else "")
         lines.append(f"| {name} | {len(r['seeds'])} | {cell(r.get('kernel_psnr', []), '.2f')} | "
-                     f"{cell(r.get('psnr_y', []), '.2f')} | {cell(r.get('ssim_y', []), '.4f')} | "
+                     f"{cell(r.get('psnr_y', []), '.2f')} | {cell(r.get('ssim_y', []), '.4f')} |{extra} "
                      f"{cell(r.get('seconds', []), '.1f')} |")
 
     def fmt(v, f):
         return "-" if v is None else f"{v:{f}}"
 
+    extra = (f" {fmt(mean.get('psnr_y_usrnet'), '.2f')} | {fmt(mean.get('ssim_y_usrnet'), '.4f')} |"
+             if usrnet else "")
     lines.append(f"| **mean** | | {fmt(mean['kernel_psnr'], '.2f')} | {fmt(mean['psnr_y'], '.2f')} | "
-                 f"{fmt(mean['ssim_y'], '.4f')} | |")
+                 f"{fmt(mean['ssim_y'], '.4f')} |{extra} |")
     lines += ["", "Values are mean ± std over seeds (restarts); the mean row averages the per-image means.",
               "PSNR/SSIM on Y (MATLAB BT.601), border of s pixels shaved; kernel PSNR with peak 1 (FKP_SPEC 9).", ""]
     return "\n".join(lines)
