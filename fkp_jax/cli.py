@@ -68,6 +68,7 @@ class Method:
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     has_image_output: bool = True  # the method itself produces an SR image (DIP); else only a kernel
     prior_help: str = ""
+    other_models: tuple[str, ...] = ()  # folder prefixes also read when DIR has none of `model`
 
     def title_for(self, prior: str) -> str:
         return self.title if prior == self.priors[0] else f"{self.title} ({prior} kernel prior)"
@@ -114,9 +115,11 @@ def find_jobs(method: Method, args) -> list[Job]:
     root = method.default_dataset if args.dataset is None else args.dataset
     if not root.is_dir():
         raise FileNotFoundError(f"no such data set folder: {root}")
-    layout = io.dataset_layout(root, args.sf, method.model)
-    if not layout.lr.is_dir():
-        raise FileNotFoundError(f"{root} has no {layout.lr.name}/ folder of LR images for x{args.sf}")
+    layouts = [io.dataset_layout(root, args.sf, m) for m in (method.model, *method.other_models)]
+    layout = next((lay for lay in layouts if lay.lr.is_dir()), None)
+    if layout is None:
+        raise FileNotFoundError(f"{root} has no {' or '.join(lay.lr.name + '/' for lay in layouts)} folder of "
+                                f"LR images for x{args.sf}")
     jobs = []
     for lr in io.list_images(layout.lr):
         hr = next((p for p in sorted(layout.hr.glob(lr.stem + ".*")) if p.suffix.lower() in io.IMAGE_EXTENSIONS),
@@ -158,13 +161,14 @@ def read_lr(method: Method, job: Job, sf: int) -> np.ndarray:
     return lr
 
 
-def read_gt_kernel(job: Job, k: int) -> np.ndarray | None:
+def read_gt_kernel(job: Job, k: int | None) -> np.ndarray | None:
+    """The ground-truth kernel; with k given it must be k x k (None: any size, for --kernel gt)."""
     from fkp_jax import io
 
     if job.gt_kernel is None:
         return None
     gt = io.read_kernel_mat(job.gt_kernel)
-    if gt.shape != (k, k):
+    if k is not None and gt.shape != (k, k):
         raise ValueError(f"{job.gt_kernel}: ground-truth kernel is {gt.shape[0]}x{gt.shape[1]}, expected {k}x{k}")
     return gt
 
@@ -225,11 +229,11 @@ def run_job(method: Method, job: Job, args, solve: Solver | None, nonblind, out_
 
     k = method.kernel_size(args.sf)
     lr = read_lr(method, job, args.sf)
-    gt = read_gt_kernel(job, k)
+    gt = read_gt_kernel(job, None if solve is None else k)
     if solve is None:  # --kernel gt
         if gt is None:
-            raise ValueError(f"{job.name}: --kernel gt needs a ground-truth kernel "
-                             f"({method.model}_gt_k_x{args.sf}/{job.name}.mat)")
+            raise ValueError(f"{job.name}: --kernel gt needs a ground-truth kernel (a {method.model}_gt_k_x{args.sf}/"
+                             f"{job.name}.mat beside the LR folder)")
         est = Estimate(np.repeat(gt[None].astype(np.float32), args.seeds, 0), None, 0.0)
     else:
         bar = tqdm(total=args.iters, desc=f"{job.name} x{args.sf}", unit="it", leave=True, dynamic_ncols=True)
@@ -246,7 +250,7 @@ def run_job(method: Method, job: Job, args, solve: Solver | None, nonblind, out_
         bar.close()
     kernels = np.asarray(est.kernels, np.float32)
     result = {"seeds": list(range(args.seeds)), "seconds": [est.seconds / args.seeds] * args.seeds}
-    if gt is not None:
+    if gt is not None and solve is not None:  # (the oracle's kernel is the ground truth itself)
         result["kernel_psnr"] = [metrics.kernel_psnr(gt, kk) for kk in kernels]
 
     srs = None if est.srs is None else to_u8(est.srs)
@@ -269,8 +273,10 @@ def run_job(method: Method, job: Job, args, solve: Solver | None, nonblind, out_
     if args.seeds > 1:
         io.write_npy(out_dir / f"{job.name}_kernels_seeds.npy", kernels)
     pics, labels = [kernels[0]], ["estimate"]
-    if gt is not None:
+    if "kernel_psnr" in result:
         pics, labels = [kernels[0], gt], [f"estimate {result['kernel_psnr'][0]:.2f} dB", "ground truth"]
+    elif solve is None:
+        labels = ["ground truth (--kernel gt)"]
     io.write_image_u8(out_dir / f"{job.name}_kernel.png", report.kernel_picture(pics, labels))
     return result
 

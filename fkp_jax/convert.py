@@ -4,9 +4,10 @@ One section per model. Every converter checks every key and shape of the state d
 ``ConvertError`` (a ``ValueError``) with a one-line message when the file is not what it expects.
 Dense kernels are the PyTorch Linear weights transposed ((out, in) -> (in, out)).
 
-Command line (FKP priors)::
+Command line (the model is recognised by the state dict's keys; ``--model`` insists on one)::
 
     python -m fkp_jax.convert SRC.pt DEST_DIR     # e.g. FKP_x4.pt -> orbax checkpoint for load_prior
+    python -m fkp_jax.convert usrnet_tiny.pth DEST_DIR   # -> orbax checkpoint for usrnet.load_usrnet
 """
 
 from __future__ import annotations
@@ -119,27 +120,64 @@ def dip_params_from_torch(path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# USRNet-tiny (FKP_SPEC 8, 10.3; the key mapping lives in fkp_jax.usrnet)
+
+
+def usrnet_params_from_torch(path) -> dict:
+    """Read the official usrnet_tiny.pth (legacy torch format, no code execution) -> ``fkp_jax.usrnet`` params."""
+    from fkp_jax import usrnet
+
+    return usrnet.params_from_state_dict(_model_state(path), where=str(path))
+
+
+# --------------------------------------------------------------------------------------------
 # Command line
+
+
+def _convert(src, dest: Path, model: str) -> str:
+    """Convert ``src`` into ``dest`` (which must not exist); returns what was written, for the message."""
+    from fkp_jax import usrnet
+
+    if dest.exists():
+        raise FileExistsError(f"destination already exists: {dest}")
+    sd = _model_state(src)
+    if model == "auto":
+        if usrnet.is_usrnet_state_dict(sd):
+            model = "usrnet"
+        elif "kernel_size" in sd:
+            model = "fkp"
+        else:
+            raise ConvertError(f"{src}: not an FKP state dict (no 'kernel_size' buffer) and not a USRNet one "
+                               "(no 'p.m_*' / 'h.mlp.*' keys)")
+    if model == "usrnet":
+        usrnet.save_usrnet(usrnet.params_from_state_dict(sd, where=str(src)), dest)
+        return f"USRNet-tiny ({usrnet.N_PARAMS} parameters)"
+    variables, config = fkp_variables_from_state_dict(sd, where=str(src))
+    save_prior(FlowPrior.from_variables(variables, config), dest)
+    return f"FKP x{config.sf} prior (D={config.D})"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fkp_jax.convert",
-                                     description="Convert an official FKP_x{2,3,4}.pt to an orbax checkpoint.")
-    parser.add_argument("src", help="PyTorch checkpoint, e.g. FKP_x2.pt")
+                                     description="Convert an official FKP_x{2,3,4}.pt or usrnet_tiny.pth to an "
+                                                 "orbax checkpoint.")
+    parser.add_argument("src", help="PyTorch checkpoint, e.g. FKP_x2.pt or usrnet_tiny.pth")
     parser.add_argument("dest", help="output directory (must not exist)")
+    parser.add_argument("--model", choices=("auto", "fkp", "usrnet"), default="auto",
+                        help="what SRC must be (default: recognised by its keys)")
     args = parser.parse_args(argv)
     try:
-        dest = Path(args.dest)
-        if dest.exists():
-            raise FileExistsError(f"destination already exists: {dest}")
-        prior = prior_from_torch(args.src)
-        save_prior(prior, dest)
+        what = _convert(args.src, Path(args.dest), args.model)
     except (OSError, CheckpointError, ConvertError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote FKP x{prior.config.sf} prior (D={prior.config.D}) to {dest}")
+    print(f"wrote {what} to {args.dest}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module's main, not this __main__ copy: ConvertError raised by fkp_jax.usrnet is the
+    # class of the module fkp_jax.convert, which `python -m` would otherwise load a second time
+    from fkp_jax.convert import main as _main
+
+    sys.exit(_main())

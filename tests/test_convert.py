@@ -70,3 +70,53 @@ def test_cli_errors(ref, tmp_path, capsys):
     dest.mkdir()
     _cli_error(capsys, [ref / "weights" / "FKP_x2.pt", dest], "already exists")
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- USRNet-tiny (fkp_jax.usrnet)
+
+def test_cli_usrnet_roundtrip(ref, tmp_path, capsys):
+    from fkp_jax import checkpoint, usrnet
+
+    src = ref / "weights" / "usrnet_tiny.pth"
+    dest = tmp_path / "usrnet"
+    assert main([str(src), str(dest)]) == 0  # recognised by its keys
+    assert "USRNet-tiny" in capsys.readouterr().out
+    _, meta = checkpoint.restore(dest)
+    assert meta["model"] == "usrnet_tiny" and meta["n_iter"] == 6 and meta["nc"] == [16, 32, 64, 64]
+    restored, direct = usrnet.load_usrnet(dest), usrnet.load_usrnet(src)
+    assert jax.tree.structure(restored) == jax.tree.structure(direct)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(direct)):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+    sd = load_state_dict(src)
+    for key, a in usrnet.named_parameters(restored):
+        np.testing.assert_array_equal(a, sd[key])
+
+
+def test_cli_usrnet_errors(ref, tmp_path, capsys):
+    dest = tmp_path / "out"
+    usrnet_pth, fkp_pt = ref / "weights" / "usrnet_tiny.pth", ref / "weights" / "FKP_x2.pt"
+    _cli_error(capsys, [fkp_pt, dest, "--model", "usrnet"], "not a USRNet state dict")
+    _cli_error(capsys, [usrnet_pth, dest, "--model", "fkp"], "not an FKP state dict")
+    _cli_error(capsys, [tmp_path / "missing.pth", dest, "--model", "usrnet"], "no such checkpoint file")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    _cli_error(capsys, [text, dest, "--model", "usrnet"], "not a")
+    assert not dest.exists()
+    dest.write_text("keep me\n")  # an existing destination (even a file) is never overwritten
+    _cli_error(capsys, [usrnet_pth, dest], "already exists")
+    assert dest.read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "out"]
+
+
+def test_cli_module_usrnet_error(ref, tmp_path):
+    """`python -m fkp_jax.convert` as a process: the error raised inside fkp_jax.usrnet is still one line, exit 2."""
+    import subprocess
+    import sys
+
+    dest = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "fkp_jax.convert", str(ref / "weights" / "FKP_x2.pt"), str(dest),
+                          "--model", "usrnet"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.count("\n") == 1 and "not a USRNet state dict" in run.stderr
+    assert not dest.exists()
