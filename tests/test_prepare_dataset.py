@@ -83,6 +83,38 @@ def test_kernelgan_x4_uses_the_analytic_kernel(dataset):
     assert io.read_image_u8(written[0]).shape == (5, 4, 3)
 
 
+def test_motion_kernels_end_to_end(dataset, capsys):
+    code, out, err = _run(capsys, "--sf", "2", "--dataset", str(dataset), "--seed", "4", "--kernel-type", "motion")
+    assert code == 0 and err == "" and "wrote 2 LR images" in out and "motion kernels" in out
+    assert _files(dataset) == ["DIPFKP_gt_k_x2/a.mat", "DIPFKP_gt_k_x2/b.mat", "DIPFKP_lr_x2/a.png",
+                               "DIPFKP_lr_x2/b.png", "HR/a.png", "HR/b.png"]
+    for index, name in enumerate("ab"):
+        kernel = io.read_kernel_mat(dataset / "DIPFKP_gt_k_x2" / f"{name}.mat")
+        # the same key contract as the Gaussian kernels: image i <- fold_in(key(seed), i)
+        want = kernels.random_motion_kernel(jax.random.fold_in(jax.random.key(4), index), 2)
+        np.testing.assert_array_equal(kernel, np.asarray(want, np.float32).astype(np.float64))
+        assert kernel.shape == (11, 11) and abs(kernel.sum() - 1) < 1e-5 and kernel.min() >= 0
+        np.testing.assert_allclose(kernels.center_of_mass(kernel), [4.5, 4.5], atol=1e-5)  # (k - s)/2
+        hr = modcrop(io.read_image(dataset / "HR" / f"{name}.png"), 2)
+        lr = io.read_image_u8(dataset / "DIPFKP_lr_x2" / f"{name}.png")
+        np.testing.assert_array_equal(lr, quantize_floor(degrade_exact(hr, kernel, 2)))
+    # a motion kernel is not the Gaussian drawn from the same key
+    gaussian = kernels.random_gaussian_kernel(jax.random.fold_in(jax.random.key(4), 0), 2)
+    assert np.abs(io.read_kernel_mat(dataset / "DIPFKP_gt_k_x2" / "a.mat") - np.asarray(gaussian)).max() > 1e-2
+
+
+def test_motion_kernels_for_kernelgan_x4_and_dipdkp_folders(dataset):
+    prepare_dataset(dataset, 4, model="KernelGANFKP", kernel_type="motion", progress=False)
+    kernel = io.read_kernel_mat(dataset / "KernelGANFKP_gt_k_x4" / "a.mat")
+    assert kernel.shape == (21, 21) and abs(kernel.sum() - 1) < 1e-5  # the 21 x 21 grid of its x4 GT kernels
+    np.testing.assert_allclose(kernels.center_of_mass(kernel), [8.5, 8.5], atol=1e-5)
+    written = prepare_dataset(dataset, 3, model="DIPDKP", progress=False)  # DKP: FKP's data, its own folders
+    assert written == [dataset / "DIPDKP_lr_x3" / "a.png", dataset / "DIPDKP_lr_x3" / "b.png"]
+    kernel = io.read_kernel_mat(dataset / "DIPDKP_gt_k_x3" / "a.mat")
+    want = kernels.random_gaussian_kernel(jax.random.fold_in(jax.random.key(0), 0), 3)
+    np.testing.assert_array_equal(kernel, np.asarray(want, np.float32).astype(np.float64))
+
+
 def test_existing_outputs_are_not_overwritten(dataset, capsys):
     assert _run(capsys, "--sf", "2", "--dataset", str(dataset))[0] == 0
     lr = dataset / "DIPFKP_lr_x2" / "a.png"
@@ -101,6 +133,9 @@ def test_existing_outputs_are_not_overwritten(dataset, capsys):
     (["--sf", "2", "--dataset", "{root}", "--model", "SRGAN"], "unsupported model 'SRGAN'"),
     (["--sf", "two", "--dataset", "{root}"], "argument --sf: invalid int value: 'two'"),
     (["--sf", "2", "--dataset", "{root}", "--noise-ker", "-0.1"], "kernel noise level must be >= 0"),
+    (["--sf", "2", "--dataset", "{root}", "--kernel-type", "blur"], "argument --kernel-type: invalid choice: 'blur'"),
+    (["--sf", "2", "--dataset", "{root}", "--kernel-type", "motion", "--noise-ker", "0.1"],
+     "--noise-ker applies to Gaussian kernels only"),
     (["--dataset", "{root}"], "the following arguments are required: --sf"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
