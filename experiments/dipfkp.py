@@ -35,11 +35,15 @@ def min_hr_side(levels: int = 5) -> int:
         n += 1
 
 
-def min_lr_side(sf: int) -> int:
-    """Smallest LR side: the generator's minimum HR side at x``sf``, and at least the kernel size."""
+def check_lr(name: str, lr, args) -> None:
+    """One-line error for an LR image smaller than the generator's minimum HR side at x``sf`` or the kernel."""
     from fkp_jax import kernels
 
-    return max(-(-min_hr_side() // sf), kernels.kernel_size(sf))
+    h, w = lr.shape[:2]
+    need = max(-(-min_hr_side() // args.sf), kernels.kernel_size(args.sf))
+    if min(h, w) < need:
+        raise ValueError(f"{name}: image too small: LR {h}x{w}; DIP-FKP at x{args.sf} needs LR sides >= {need} "
+                         f"(HR >= {min_hr_side()} for its 5-level generator, and the kernel)")
 
 
 def add_arguments(p):
@@ -86,7 +90,7 @@ def method():
     return cli.Method(
         name="dipfkp", title="DIP-FKP", model="DIPFKP", scales=(2, 3, 4), priors=kernel_priors.PRIORS,
         default_dataset=DEFAULT_DATASET, default_iters=lambda args: 1000, kernel_size=kernels.kernel_size,
-        min_lr_side=min_lr_side, build=build, add_arguments=add_arguments,
+        check_lr=check_lr, build=build, add_arguments=add_arguments,
         prior_help="fkp (DIP-FKP), mlp (Double-DIP) or softmax (DIPSoftmax)")
 
 
