@@ -1,0 +1,116 @@
+"""KernelGAN-FKP (and the original KernelGAN) blind kernel estimation from the command line (FKP_SPEC 7).
+
+    python -m experiments.kernelganfkp --sf 2                          # the bundled default images
+    python -m experiments.kernelganfkp --sf 4 --dataset DIR --SR usrnet_tiny.pth
+    python -m experiments.kernelganfkp --sf 2 --kernel-prior linear    # the original KernelGAN (spec 7.6)
+    python -m experiments.kernelganfkp --sf 4 --dataset DIR --kernel gt --SR usrnet_tiny.pth   # oracle kernel
+
+A data set is in the original layout: DIR/KernelGANFKP_lr_x{s}/*.png (required), DIR/HR/*.png and
+DIR/KernelGANFKP_gt_k_x{s}/*.mat (optional). x2 and x4 only: an x2 kernel is always estimated (on the x4 LR
+image for x4) and turned into the x4 kernel analytically (spec 2.4, 7.1). Synthetic inputs lose 10 pixels
+at every border before the crops are drawn, as the original (not with --real). The method has no image
+model: the SR image comes from USRNet-tiny with --SR (official usrnet_tiny.pth or its conversion), else
+from a closed-form FFT solver that needs no weights (`fkp_jax.usrnet.closed_form_sr`; metrics.json names
+which). Outputs and metrics.json schema as `experiments.dipfkp` (the plumbing is `fkp_jax.cli`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_DATASET = Path(__file__).resolve().parent / "data" / "kernelgan"
+
+
+def check_lr(name: str, lr, args) -> None:
+    """One-line error for an LR image too small for the crops (the original fails there, spec 7.5)."""
+    from fkp_jax import kernelgan, kernelgan_linear
+
+    config = kernelgan_linear.LinearKernelGANConfig() if args.kernel_prior == "linear" else kernelgan.KernelGANConfig()
+    shave = 0 if args.real else kernelgan.SHAVE
+    need = kernelgan.min_image_size(config.g_size, config.d_size, shave)
+    if min(lr.shape[:2]) < need:
+        why = "" if args.real else f" ({shave}-pixel border shave of synthetic inputs included)"
+        raise ValueError(f"{name}: image too small for KernelGAN's {config.g_size}x{config.g_size} crops: "
+                         f"LR {lr.shape[0]}x{lr.shape[1]}; needs LR sides >= {need}{why}")
+
+
+def default_iters(args) -> int:
+    """The originals': KernelGAN-FKP 1000 at x2 and 4000 at x4; KernelGAN 3000 (spec 7.1, 7.6)."""
+    if args.kernel_prior == "linear":
+        return 3000
+    return 1000 if args.sf == 2 else 4000
+
+
+def kernel_size(sf: int) -> int:
+    return 11 if sf == 2 else 21
+
+
+def build(args):
+    """One solver for every image: the jitted step is built once (crops are drawn inside it)."""
+    import jax
+    import numpy as np
+
+    from fkp_jax import cli, flow, kernelgan, kernelgan_linear
+
+    linear = args.kernel_prior == "linear"
+    if linear:
+        if args.weights:
+            raise ValueError("--weights is an FKP prior; the linear (original KernelGAN) generator has none")
+        config = kernelgan_linear.LinearKernelGANConfig()
+        step = kernelgan_linear.make_step(config)
+        init = lambda key: kernelgan_linear.init_state(key, config)  # noqa: E731
+        estimate = lambda out, state: kernelgan_linear.final_kernel(state, args.sf)  # noqa: E731 (last G kernel)
+    else:
+        prior = flow.load_prior(args.weights or 2)
+        if prior.config.sf != 2 or prior.config.k != 11:
+            raise ValueError(f"--weights {args.weights}: KernelGAN-FKP needs an x2 FKP prior (11 x 11 kernels), "
+                             f"got x{prior.config.sf}")
+        config = kernelgan.KernelGANConfig(sf=args.sf, iters=args.iters)
+        step = kernelgan.make_step(prior, config)
+        init = lambda key: kernelgan.init_state(key, prior, config)  # noqa: E731
+        estimate = lambda out, state: kernelgan.final_kernel(out["kernel"], args.sf)  # noqa: E731
+
+    def solve(job, lr, gt, progress):
+        sampler = kernelgan.make_sampler(kernelgan.prepare_image(lr, args.real), config.g_size, config.d_size)
+        # restarts one after another through the single-seed jitted step (the CPU choice, as DIP-FKP)
+        states = [init(jax.random.fold_in(jax.random.key(args.seed), i)) for i in range(args.seeds)]
+        outs = [None] * args.seeds
+        start = time.perf_counter()
+        for t in range(1, args.iters + 1):
+            for i, state in enumerate(states):
+                states[i], outs[i] = step(state, sampler)
+            if t % 10 == 0 or t == args.iters:
+                kernels = np.stack([np.asarray(estimate(o, st)) for o, st in zip(outs, states)])
+                progress(t, float(np.mean([o["loss_g"] for o in outs])), kernels)
+            else:
+                progress(t, None, None)
+        jax.block_until_ready(outs)
+        seconds = time.perf_counter() - start
+        kernels = np.stack([np.asarray(estimate(o, st), np.float32) for o, st in zip(outs, states)])
+        return cli.Estimate(kernels, None, seconds)
+
+    return solve
+
+
+def method():
+    from fkp_jax import cli
+
+    return cli.Method(
+        name="kernelganfkp", title="KernelGAN-FKP", model="KernelGANFKP", scales=(2, 4), priors=("fkp", "linear"),
+        default_dataset=DEFAULT_DATASET, default_iters=default_iters,
+        kernel_size=kernel_size, check_lr=check_lr, build=build, has_image_output=False,
+        other_models=("DIPFKP",),
+        prior_help="fkp (KernelGAN-FKP: the FKP flow latent) or linear (the original KernelGAN: a deep linear "
+                   "generator with its regularisers, spec 7.6)")
+
+
+def main(argv=None) -> int:
+    from fkp_jax import cli
+
+    return cli.main(method(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
