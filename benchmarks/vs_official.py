@@ -2,6 +2,7 @@
 
     python -m benchmarks.vs_official --official DIR                  # 96x96 and 256x256 HR, x2, 2 rounds
     python -m benchmarks.vs_official --official DIR --sizes 96 --repeats 3 --threads 2 --json /tmp/vs.json
+    python -m benchmarks.vs_official --official DIR --method kernelganfkp     # LR 200x200, ours with 1 and 5 seeds
 
 DIR is a checkout of the official FKP repository (https://github.com/JingyunLiang/FKP), which the user
 provides: nothing of it is copied into this repository and none of its files is edited; it is imported from
@@ -27,6 +28,14 @@ still frozen; later iterations switch to MSE and update the latent, which change
 Each (size, side, round) runs in a fresh subprocess, official and fkp-jax alternating, in the order
 official/ours, ours/official, ... so slow drift of the machine falls on both; the table gives the median
 over rounds and the min-max.
+
+KernelGAN-FKP (--method kernelganfkp; sizes are LR sizes, default 200): the official child builds
+`KernelGANFKP/`'s `KernelGAN_FKP` and `DataGenerator_FKP` from its `Config_FKP` defaults (`--real`, no
+shave) on a reproducible smooth random image and iterates a `DataLoader(batch 64, shuffle, 16 workers,
+pin_memory)` exactly as its main.py, one `gan.train(g_in, d_in, i)` (3 D + 3 G steps) per batch; the
+interval between two batches is one iteration, data loading included. Ours: `fkp_jax.kernelgan.make_step`
+(crops drawn inside the step) in a Python loop, with 1 seed and with each --seeds count (a leading state
+axis, one call advancing all seeds; the table gives the ratio per seed).
 
 How the official code, written for CUDA, is redirected to the CPU without editing it: the class is built
 with `device=torch.device('cpu')` (its default is 'cuda'); `torch.load` is wrapped to pass
@@ -64,6 +73,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MARK = "@@vs_official@@ "
 OFFICIAL_MODEL = Path("DIPFKP") / "model" / "model.py"
+OFFICIAL_GAN_MODEL = Path("KernelGANFKP") / "model" / "model_FKP.py"
 OFFICIAL_KP = Path("data") / "pretrained_models" / "FKP_x2.pt"
 SF = 2
 NEEDED = ("torch", "matplotlib", "PIL", "cv2", "scipy", "tqdm")  # what the official DIPFKP code imports
@@ -174,6 +184,98 @@ def child_ours(h: int, w: int, threads: int, warmup: int, iters: int) -> dict:
             "jax": jax.__version__, "device": str(jax.devices()[0])}
 
 
+def _smooth_random_image(h: int, w: int):
+    """A reproducible natural-ish RGB test image in [0, 1]: uniform noise blurred at two scales."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    coarse = cv2.resize(rng.random((h // 8, w // 8, 3)), (w, h), interpolation=cv2.INTER_CUBIC)
+    fine = cv2.GaussianBlur(rng.random((h, w, 3)), (0, 0), 1.0)
+    return np.clip(0.7 * coarse + 0.3 * fine, 0, 1).astype(np.float32)
+
+
+def child_official_kernelgan(root: Path, h: int, w: int, threads: int, warmup: int, iters: int) -> dict:
+    """The official KernelGAN-FKP x2 loop as its main.py runs it: DataLoader(batch 64, shuffle, 16 workers,
+    pin_memory) over DataGenerator_FKP, `KernelGAN_FKP.train(g_in, d_in, i)` per batch (3 D + 3 G steps)."""
+    pinned = _pin(threads)
+    import cv2
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.path[:0] = [str(root / "KernelGANFKP"), str(root)]  # as KernelGANFKP/main.py sees them
+    torch_load = torch.load
+
+    def load_on_cpu(f, map_location=None, *a, **kw):
+        return torch_load(f, "cpu", *a, **kw)
+
+    torch.load = load_on_cpu
+    torch.Tensor.cuda = lambda self, *a, **kw: self
+    torch.nn.Module.cuda = lambda self, *a, **kw: self
+
+    from config.configs_FKP import Config_FKP  # DIR/KernelGANFKP/config/configs_FKP.py
+    from dataloader.dataloader_FKP import DataGenerator_FKP
+    from model.model_FKP import KernelGAN_FKP
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "random.png"
+        cv2.imwrite(str(path), np.round(_smooth_random_image(h, w)[..., ::-1] * 255).astype(np.uint8))
+        conf = Config_FKP().parser.parse_args([])  # defaults, without parse()'s torch.cuda.set_device
+        conf.input_image_path, conf.img_name, conf.output_dir_path = str(path), "random", tmp
+        conf.path_KP = str(root / OFFICIAL_KP)
+        conf.real = True  # no ground truth, no 10-pixel shave
+        conf.kernel_gt = np.ones([11, 11])
+        gan = KernelGAN_FKP(conf)
+        data = DataGenerator_FKP(conf, gan)
+        loader = torch.utils.data.DataLoader(data, batch_size=64, shuffle=True, num_workers=16, pin_memory=True)
+        devices = sorted({t.device.type for t in [*gan.G.parameters(), *gan.D.parameters()]})
+        if devices != ["cpu"]:
+            raise RuntimeError(f"official model not on the CPU: {devices}")
+        stamps = [time.perf_counter()]
+        for i, (g_in, d_in) in enumerate(loader):
+            if i >= warmup + iters:
+                break
+            gan.train(g_in, d_in, i + 1)
+            stamps.append(time.perf_counter())
+    per_iter = [b - a for a, b in zip(stamps, stamps[1:])]
+    timed_s = per_iter[warmup:]
+    return {"side": "official", "h": h, "w": w, "threads": threads, "torch_threads": torch.get_num_threads(),
+            "pinned_cpus": pinned, "s_per_iter": statistics.median(timed_s), "timed_s": timed_s,
+            "warmup_s": per_iter[:warmup], "timed_iterations": [warmup + 1, warmup + iters], "torch": torch.__version__}
+
+
+def child_ours_kernelgan(h: int, w: int, threads: int, warmup: int, iters: int, seeds: int = 1) -> dict:
+    """Our KernelGAN-FKP x2 step (`fkp_jax.kernelgan.make_step`, crops drawn inside the step) in a Python
+    loop; with seeds > 1 the state has a leading seed axis and one call advances every seed."""
+    pinned = _pin(threads)
+    from fkp_jax import runtime
+
+    runtime.configure()
+    import jax
+
+    from fkp_jax import flow, kernelgan
+
+    prior = flow.load_prior(2)
+    config = kernelgan.KernelGANConfig(sf=2)
+    sampler = kernelgan.make_sampler(_smooth_random_image(h, w))
+    keys = jax.random.split(jax.random.key(0), seeds)
+    state = (jax.vmap(lambda k: kernelgan.init_state(k, prior, config))(keys) if seeds > 1
+             else kernelgan.init_state(keys[0], prior, config))
+    step = kernelgan.make_step(prior, config, seeds=seeds > 1)
+    per_iter = []
+    for _ in range(warmup + iters):
+        t0 = time.perf_counter()
+        state, out = step(state, sampler)
+        jax.block_until_ready((state, out))
+        per_iter.append(time.perf_counter() - t0)
+    timed_s = per_iter[warmup:]
+    return {"side": "ours", "h": h, "w": w, "threads": threads, "seeds": seeds, "pinned_cpus": pinned,
+            "runtime_configure": True, "s_per_iter": statistics.median(timed_s), "timed_s": timed_s,
+            "warmup_s": per_iter[:warmup], "timed_iterations": [warmup + 1, warmup + iters],
+            "jax": jax.__version__, "device": str(jax.devices()[0])}
+
+
 # ---------------------------------------------------------------- parent
 
 def cpu_info() -> tuple[str, bool]:
@@ -189,9 +291,10 @@ def child_env(side: str, threads: int) -> dict:
     return env
 
 
-def run_child(side: str, h: int, w: int, args) -> dict:
+def run_child(side: str, h: int, w: int, args, seeds: int = 1) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.vs_official", "--child", side, "--sizes", f"{h}x{w}",
-           "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters)]
+           "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters),
+           "--method", args.method, "--seeds", str(seeds)]
     if side == "official":
         cmd += ["--official", str(args.official)]
     res = subprocess.run(cmd, cwd=REPO, env=child_env(side, args.threads), capture_output=True, text=True)
@@ -205,7 +308,7 @@ def run_child(side: str, h: int, w: int, args) -> dict:
 def parse_size(text: str) -> tuple[int, int]:
     h, w = (int(v) for v in (text.lower().split("x") if "x" in text.lower() else (text, text)))
     if h % SF or w % SF or h < 64 or w < 64:
-        raise ValueError(f"HR size {text}: needs both sides even and at least 64")
+        raise ValueError(f"size {text}: needs both sides even and at least 64")
     return h, w
 
 
@@ -215,30 +318,40 @@ def fmt(values: list[float]) -> str:
 
 def report(rows: list[dict], args, argv: list[str]) -> str:
     name, avx512 = cpu_info()
-    first = rows[0]["rounds"][0]
+    first = dict(rows[0]["rounds"][0])
+    first["ours"] = first["ours1"]
     n = args.threads
     xla = "XLA sizes its thread pool from the CPUs the process may use"
     pinned = first["ours"]["pinned_cpus"]
+    gan = args.method == "kernelganfkp"
+    what = ("KernelGAN-FKP" if gan else "DIP-FKP")
     lines = [
-        f"### fkp-jax vs official PyTorch DIP-FKP, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        f"### fkp-jax vs official PyTorch {what}, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         "",
         f"CPU: {name} ({'with' if avx512 else 'no'} AVX-512), {os.cpu_count()} cores, {n} thread{'s' * (n != 1)} on both sides "
         f"(torch.set_num_threads({n}), OMP/MKL_NUM_THREADS={n}; {xla}"
         f"{f'; both pinned to CPUs {pinned}' if pinned else ''}). "
         f"torch {first['official']['torch']}, jax {first['ours']['jax']}"
         f"{', fkp_jax.runtime.configure() called' if first['ours']['runtime_configure'] else ''}.",
-        f"x2, FKP prior, 1 seed; s/it = median of iterations {args.warmup + 1}..{args.warmup + args.iters} of a "
+        ("x2, FKP prior, batch 64 (3 D + 3 G steps per iteration; the official DataLoader with its 16 workers "
+         "included, our crops drawn inside the step)" if gan else "x2, FKP prior, 1 seed") +
+        f"; s/it = median of iterations {args.warmup + 1}..{args.warmup + args.iters} of a "
         f"fresh process, then median (min-max) over {args.repeats} round{'s' * (args.repeats != 1)}, the two sides alternating.",
         f"Command: `python -m benchmarks.vs_official {shlex.join(argv)}`",
         "",
-        "| HR size | official PyTorch s/it | fkp-jax s/it | ratio fkp-jax / official |",
-        "| --- | ---: | ---: | ---: |",
+        f"| {'LR' if gan else 'HR'} size | official PyTorch s/it | fkp-jax s/it | ratio fkp-jax / official |"
+        + "".join(f" fkp-jax {n} seeds s/it (all seeds) | ratio per seed |" for n in args.seeds if n > 1),
+        "| --- | ---: | ---: | ---: |" + " ---: | ---: |" * sum(n > 1 for n in args.seeds),
     ]
     for row in rows:
         off = [r["official"]["s_per_iter"] for r in row["rounds"]]
-        ours = [r["ours"]["s_per_iter"] for r in row["rounds"]]
-        ratio = statistics.median(ours) / statistics.median(off)
-        lines.append(f"| {row['h']}x{row['w']} | {fmt(off)} | {fmt(ours)} | {ratio:.2f} |")
+        med = statistics.median(off)
+        cells = []
+        for n in args.seeds:
+            ours = [r[f"ours{n}"]["s_per_iter"] for r in row["rounds"]]
+            ratio = statistics.median(ours) / med / n
+            cells.append(f" {fmt(ours)} | {ratio:.2f} |")
+        lines.append(f"| {row['h']}x{row['w']} | {fmt(off)} |" + "".join(cells))
     return "\n".join(lines) + "\n\n"
 
 
@@ -253,7 +366,13 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n")[0],
                                 epilog="Details (what is timed, how CUDA is redirected): see the module docstring.")
     p.add_argument("--official", type=Path, help="checkout of https://github.com/JingyunLiang/FKP (required)")
-    p.add_argument("--sizes", nargs="+", default=["96", "256"], help="HR sizes, N for NxN or HxW (default: 96 256)")
+    p.add_argument("--method", choices=("dipfkp", "kernelganfkp"), default="dipfkp",
+                   help="dipfkp (default) or kernelganfkp")
+    p.add_argument("--sizes", nargs="+", default=None,
+                   help="image sizes, N for NxN or HxW: HR for dipfkp (default 96 256), LR for kernelganfkp "
+                        "(default 200)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="seed counts timed on our side (kernelganfkp default: 1 5; dipfkp: 1)")
     p.add_argument("--repeats", type=int, default=2, help="rounds per size, each side in a fresh process (default 2)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both sides (default: all cores)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations per process (default 10)")
@@ -262,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the raw numbers here")
     p.add_argument("--child", choices=("official", "ours"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    gan = args.method == "kernelganfkp"
+    args.sizes = args.sizes or (["200"] if gan else ["96", "256"])
+    args.seeds = args.seeds or ([1, 5] if gan and not args.child else [1])
+    if gan and not args.child and args.seeds[0] != 1:
+        args.seeds = [1] + args.seeds
     if args.iters < 1 or args.warmup < 0 or args.repeats < 1 or args.threads < 1:
         return fail("--iters, --repeats and --threads must be at least 1, --warmup at least 0")
     try:
@@ -272,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         (h, w), = sizes
         if args.child == "official":
-            res = child_official(args.official.resolve(), h, w, args.threads, args.warmup, args.iters)
+            res = (child_official_kernelgan if gan else child_official)(
+                args.official.resolve(), h, w, args.threads, args.warmup, args.iters)
+        elif gan:
+            res = child_ours_kernelgan(h, w, args.threads, args.warmup, args.iters, args.seeds[0])
         else:
             res = child_ours(h, w, args.threads, args.warmup, args.iters)
         print(MARK + json.dumps(res), flush=True)
@@ -283,8 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     args.official = args.official.expanduser().resolve()
     if not args.official.is_dir():
         return fail(f"--official {args.official}: no such directory")
-    if not (args.official / OFFICIAL_MODEL).is_file():
-        return fail(f"--official {args.official}: not an FKP checkout (no {OFFICIAL_MODEL})")
+    model_file = OFFICIAL_GAN_MODEL if gan else OFFICIAL_MODEL
+    if not (args.official / model_file).is_file():
+        return fail(f"--official {args.official}: not an FKP checkout (no {model_file})")
     if not (args.official / OFFICIAL_KP).is_file():
         return fail(f"--official {args.official}: the pretrained prior {OFFICIAL_KP} is missing")
     missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
@@ -296,15 +424,18 @@ def main(argv: list[str] | None = None) -> int:
     for h, w in sizes:
         row = {"h": h, "w": w, "rounds": []}
         for r in range(args.repeats):
-            order = ("official", "ours") if r % 2 == 0 else ("ours", "official")
+            sides = ["official"] + [f"ours{n}" for n in args.seeds]
+            order = sides if r % 2 == 0 else sides[::-1]
             try:
-                got = {side: run_child(side, h, w, args) for side in order}
+                got = {side: run_child(side[:4] if side != "official" else side, h, w, args,
+                                       int(side[4:] or 1) if side != "official" else 1) for side in order}
             except RuntimeError as e:
                 print(f"vs_official: {e}", file=sys.stderr)
                 return 1
             row["rounds"].append(got)
             print(f"{h}x{w} round {r + 1}/{args.repeats} ({order[0]} first): official "
-                  f"{got['official']['s_per_iter']:.3f} s/it, fkp-jax {got['ours']['s_per_iter']:.3f} s/it",
+                  f"{got['official']['s_per_iter']:.3f} s/it, " +
+                  ", ".join(f"fkp-jax {n} seed(s) {got[f'ours{n}']['s_per_iter']:.3f} s/it" for n in args.seeds),
                   flush=True)
         rows.append(row)
 
