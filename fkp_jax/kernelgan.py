@@ -15,6 +15,14 @@ Parts, in data-flow order:
   `final_kernel`, `make_runner`.
 
 Images HWC / NHWC float32 in [0, 1]; kernels (k, k) applied by correlation, as ``fkp_jax.degrade``.
+
+Checked against the original (run from outside with torch, CPU): `step_on_batch` and the original's
+``KernelGAN_FKP.train`` in float64 from the same D weights, latent, batches and GP alphas agree for 5
+iterations to 6e-14 on z, 1e-16 on the kernel and 2e-13 on the D parameters (1e-8 on the conv biases
+ahead of a batch norm: their gradient is 0 up to rounding, which Adam's first steps turn into moves). In
+float32 the two runs drift apart at about 1e-3 after one iteration for that reason (rounding noise of
+near-zero gradients decides the sign of Adam's first updates), as two float32 runs of the original on
+different machines would. The probability maps match the original's to 1e-13 (float64 image).
 """
 
 from __future__ import annotations
@@ -278,8 +286,9 @@ def top_left(centre, size: int, shape: tuple[int, int]):
 
 
 def _crops(image, centres, size: int):
-    tops, lefts = top_left(centres, size, image.shape[:2])
-    return jax.vmap(lambda t, l: lax.dynamic_slice(image, (t, l, 0), (size, size, image.shape[2])))(tops, lefts)
+    tops, lefts = (v.astype(jnp.int32) for v in top_left(centres, size, image.shape[:2]))
+    zero = jnp.zeros((), jnp.int32)
+    return jax.vmap(lambda t, l: lax.dynamic_slice(image, (t, l, zero), (size, size, image.shape[2])))(tops, lefts)
 
 
 def sample_batch(key: jax.Array, sampler: CropSampler, batch: int, g_size: int = 64, d_size: int = 27):
@@ -316,10 +325,14 @@ def _block_names(layers: int) -> list[str]:
     return [f"block{i + 1}" for i in range(layers - 2)]
 
 
+def _body_order(body: dict) -> list[str]:
+    return sorted(body, key=lambda name: int(name[len("block"):]))
+
+
 def init_discriminator(key: jax.Array, channels: int = 32, layers: int = 5, ksize: int = 3) -> dict:
     """Parameters as the original's init (spec 7.3): conv weights N(0, 0.02), conv biases PyTorch's
     default U(+-1/sqrt(fan_in)), BN scale N(1, 0.02), BN bias 0. Kernels HWIO. (Drawn as one normal and
-    one uniform vector cut into pieces, so that a first call compiles little.)
+    one uniform vector cut into pieces on the host, so that a first call compiles little; not jittable.)
 
     {'head': {'conv': {'kernel', 'bias'}, 'norm': {'scale', 'bias'}}, 'body': {'block1': ..., ...},
      'tail': {'kernel', 'bias'}}"""
@@ -353,12 +366,12 @@ def count_params(params) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
-CONV_ALGORITHMS = ("im2col", "xla")
+CONV_ALGORITHMS = ("rows", "im2col", "xla")
 
 
 def conv_algorithm() -> str:
-    """"im2col" on CPU (see `discriminate`), "xla" (the platform's convolution) on accelerators."""
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
+    """"rows" on CPU (see `discriminate`), "xla" (the platform's convolution) on accelerators."""
+    return "rows" if jax.default_backend() == "cpu" else "xla"
 
 
 def _conv_im2col(x, w):
@@ -371,15 +384,70 @@ def _conv_im2col(x, w):
     return y.reshape(n, oh, ow, -1)
 
 
+def _shift_columns(x, k: int):
+    """(N, H, W, C) -> (N, H, W - k + 1, kC): the k column shifts of every row side by side."""
+    ow = x.shape[2] - k + 1
+    return jnp.concatenate([x[:, :, dx:dx + ow] for dx in range(k)], axis=-1)
+
+
+def _taps_by_column(w):
+    """HWIO (k, k, C, D) -> (kC, kD): rows [dx, c], columns [dy, d]."""
+    k, _, c, d = w.shape
+    return w.transpose(1, 2, 0, 3).reshape(k * c, k * d)
+
+
+def _rows_product(cols, w):
+    n, h, ow, kc = cols.shape
+    k, d = w.shape[0], w.shape[-1]
+    oh = h - k + 1
+    p = jnp.dot(cols.reshape(n * h * ow, kc), _taps_by_column(w), precision=PRECISION).reshape(n, h, ow, k * d)
+    return sum(p[:, dy:dy + oh, :, dy * d:(dy + 1) * d] for dy in range(k))
+
+
+@jax.custom_vjp
+def _conv_rows(x, w):
+    """VALID k x k correlation as one matmul with K = kC, N = kD (the "rows" algorithm of fkp_jax.dip,
+    restated): the k column shifts side by side times the taps of all k kernel rows, then k row-shifted
+    slices added. A third of im2col's buffer; the VJP is written out as its two matmuls (and is itself
+    differentiated by JAX for the penalty's second derivative)."""
+    return _rows_product(_shift_columns(x, w.shape[0]), w)
+
+
+def _conv_rows_fwd(x, w):
+    cols = _shift_columns(x, w.shape[0])
+    return _rows_product(cols, w), (cols, w)
+
+
+def _conv_rows_bwd(res, dy):
+    cols, w = res
+    n, h, ow, kc = cols.shape
+    k, c, d = w.shape[0], w.shape[2], w.shape[3]
+    # block r of the product feeds output rows shifted by r: its cotangent is dy shifted by r
+    dp = jnp.concatenate([jnp.pad(dy, ((0, 0), (r, k - 1 - r), (0, 0), (0, 0))) for r in range(k)], axis=-1)
+    dp = dp.reshape(n * h * ow, k * d)
+    d_taps = jnp.dot(cols.reshape(n * h * ow, kc).T, dp, precision=PRECISION)  # (kC, kD)
+    d_cols = jnp.dot(dp, _taps_by_column(w).T, precision=PRECISION).reshape(n, h, ow, kc)
+    dx = sum(jnp.pad(d_cols[..., s * c:(s + 1) * c], ((0, 0), (0, 0), (s, k - 1 - s), (0, 0))) for s in range(k))
+    return dx, d_taps.reshape(k, c, k, d).transpose(2, 0, 1, 3)
+
+
+_conv_rows.defvjp(_conv_rows_fwd, _conv_rows_bwd)
+
+
 def _conv(x, p, algorithm: str | None = None):
-    """VALID stride-1 conv (HWIO kernel) + bias, NHWC; see `discriminate` for the algorithms."""
+    """VALID stride-1 conv (HWIO kernel) + bias, NHWC; see `discriminate` for the algorithms ("rows"
+    falls back to "im2col" for the thin head and tail convs)."""
     algorithm = conv_algorithm() if algorithm is None else algorithm
     w = p["kernel"]
+    if algorithm == "rows" and min(w.shape[2:]) < 8:
+        algorithm = "im2col"
     if algorithm == "xla":
         y = lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                      precision=PRECISION)
     elif algorithm == "im2col":
         y = _conv_im2col(x, w)
+    elif algorithm == "rows":
+        y = _conv_rows(x, w)
     else:
         raise ValueError(f"conv algorithm must be one of {CONV_ALGORITHMS}, not {algorithm!r}")
     return y + p["bias"]
@@ -401,14 +469,16 @@ def discriminate(params: dict, x: jax.Array, algorithm: str | None = None) -> ja
     """D(x) for x (B, 27, 27, 3) in [0, 1] -> (B, 17, 17, 1) (spec 7.3): 2x - 1, head and body blocks
     (3x3 VALID conv, batch norm with THIS batch's statistics, LeakyReLU 0.2), tail conv; no sigmoid.
 
-    ``algorithm`` (default `conv_algorithm`): "im2col" (the k^2 shifted views side by side, one matmul)
-    or "xla" (``lax.conv_general_dilated``); the same sums up to float32 rounding. Measured on 2 AVX2
-    cores (shared with other jobs), a whole iteration at batch 64 in CPU-seconds: im2col 2.6, xla 6.3
-    (XLA:CPU runs the convolutions of the penalty's second derivative, with unusual dimension numbers,
-    on a slow path), XLA convolutions with hand-written VJPs (weight gradient as shifted matmuls) 2.9 -
-    3.3, Winograd F(2x2, 3x3) no faster than im2col, real and fake batches in one vmapped call 2.8."""
+    ``algorithm`` (default `conv_algorithm`): "rows" (`_conv_rows`, custom VJP), "im2col" (the k^2
+    shifted views side by side, one matmul) or "xla" (``lax.conv_general_dilated``); the same sums up to
+    float32 rounding. One whole iteration (batch 64, 200 x 200 LR) in CPU-seconds on 2 AVX2 cores shared
+    with other jobs, A/B interleaved: rows 2.1 - 2.5, im2col 2.3 - 2.7, xla 6.3 (XLA:CPU runs the
+    convolutions of the penalty's second derivative, which have unusual dimension numbers, on a slow
+    path). Tried and dropped: XLA convolutions with hand-written first and second derivatives (weight
+    gradient as shifted matmuls) 2.9 - 3.3, Winograd F(2x2, 3x3) no faster than im2col, real and fake
+    batches in one vmapped call (+8 %), the 3 D steps unrolled instead of ``lax.scan`` (same)."""
     h = 2.0 * x - 1.0
-    for blk in [params["head"]] + [params["body"][n] for n in sorted(params["body"])]:
+    for blk in [params["head"]] + [params["body"][n] for n in _body_order(params["body"])]:
         h = _leaky_relu(_batch_norm(_conv(h, blk["conv"], algorithm), blk["norm"]))
     return _conv(h, params["tail"], algorithm)
 
@@ -453,7 +523,7 @@ def discriminator_named_grads(grads: dict) -> dict[str, np.ndarray]:
         out[f"{prefix}.norm.bias"] = np.asarray(p["norm"]["bias"])
 
     block("head", grads["head"])
-    for n in sorted(grads["body"]):
+    for n in _body_order(grads["body"]):
         block(f"body.{n}", grads["body"][n])
     conv("tail", grads["tail"])
     return out
@@ -560,8 +630,8 @@ def init_state(key: jax.Array, prior, config: KernelGANConfig) -> State:
 
 def state_from(z, d_params, key, config: KernelGANConfig) -> State:
     """A state at iteration 1 from a given latent (D,), D parameters and step key."""
-    return {"t": jnp.asarray(1, jnp.int32), "z": jnp.asarray(z, jnp.float32).reshape(-1),
-            "z_opt": z_optimizer(config).init(jnp.asarray(z, jnp.float32).reshape(-1)),
+    z = jnp.asarray(z, jnp.result_type(float)).reshape(-1)  # float32 (float64 under jax_enable_x64)
+    return {"t": jnp.asarray(1, jnp.int32), "z": z, "z_opt": z_optimizer(config).init(z),
             "d": d_params, "d_opt": d_optimizer(config).init(d_params), "key": key}
 
 
@@ -577,6 +647,13 @@ def step(state: State, sampler: CropSampler, prior, config: KernelGANConfig):
     key, k_batch, k_alpha = jax.random.split(state["key"], 3)
     g_in, d_in = sample_batch(k_batch, sampler, config.batch, config.g_size, config.d_size)
     alphas = jax.random.uniform(k_alpha, (config.d_steps,), jnp.float32)
+    new_state, outputs = step_on_batch(state, g_in, d_in, alphas, prior, config)
+    return {**new_state, "key": key}, outputs
+
+
+def step_on_batch(state: State, g_in, d_in, alphas, prior, config: KernelGANConfig):
+    """`step` on a given batch g_in (B, 64, 64, 3), d_in (B, 27, 27, 3) and GP alphas (d_steps,); the
+    state's key is passed through unchanged."""
 
     def fake_of(z):
         kernel = prior.kernel(z)
@@ -601,20 +678,28 @@ def step(state: State, sampler: CropSampler, prior, config: KernelGANConfig):
         updates, z_opt = opt_z.update(g_grad, z_opt, z)
         z = project_to_sphere(optax.apply_updates(z, updates), config.radius)
 
-    new_state = {"t": state["t"] + 1, "z": z, "z_opt": z_opt, "d": d, "d_opt": d_opt, "key": key}
+    new_state = {"t": state["t"] + 1, "z": z, "z_opt": z_opt, "d": d, "d_opt": d_opt, "key": state["key"]}
     outputs = {"kernel": kernel, "loss_d": parts["loss_d_real"] + parts["loss_d_fake"] + parts["gp"],
                **parts, "loss_g": loss_g}
     return new_state, outputs
+
+
+def _step_seeds(state: State, sampler: CropSampler, prior, config: KernelGANConfig):
+    return jax.vmap(lambda s: step(s, sampler, prior, config))(state)
+
+
+# One jit cache for every make_step call: the prior is an argument (a pytree), the config static, so
+# runners, tests and images of the same size share compilations.
+_STEP = jax.jit(step, static_argnames="config", donate_argnums=0)
+_STEP_SEEDS = jax.jit(_step_seeds, static_argnames="config", donate_argnums=0)
 
 
 def make_step(prior, config: KernelGANConfig, seeds: bool = False) -> Callable:
     """The jitted ``(state, sampler) -> (state, outputs)``; seeds=True vmaps over the state's leading axis
     (the sampler is shared). The input state is donated: do not read it afterwards."""
     _check_prior(prior, config)
-    fn = lambda s, smp: step(s, smp, prior, config)
-    if seeds:
-        fn = jax.vmap(fn, in_axes=(0, None))
-    return jax.jit(fn, donate_argnums=0)
+    fn = _STEP_SEEDS if seeds else _STEP
+    return lambda state, sampler: fn(state, sampler, prior, config=config)
 
 
 def final_kernel(kernel11: jax.Array, sf: int) -> jax.Array:
