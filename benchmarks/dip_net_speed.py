@@ -3,6 +3,13 @@
     python benchmarks/dip_net_speed.py                       # 96x96, 256x256, 480x320 (H x W), 1 seed
     python benchmarks/dip_net_speed.py --sizes 96x96 --seeds 5   # 5 seeds: vmap vs loop vs lax.map
     python benchmarks/dip_net_speed.py --xla-flags="--xla_cpu_use_xnnpack=false"
+    python benchmarks/dip_net_speed.py --convs 96:144:128,48:128:128 --algorithms rows winograd winograd4
+    python benchmarks/dip_net_speed.py --sizes 96x96 --stride1 rows     # the whole net with one stride-1 algorithm
+
+--convs times one reflection-padded 3x3 stride-1 convolution, forward + both gradients (``jax.vjp``,
+jitted), per algorithm of ``fkp_jax.dip.conv3x3``, at SIZE:C_IN:C_OUT (square maps): the algorithms
+alternate within each of --rounds rounds (other jobs on the machine then slow them alike); median wall and
+process-CPU milliseconds per call are printed.
 
 Prints seconds per iteration (median and min of --reps timed calls after a warm-up), XLA's FLOP
 count of the compiled step and the achieved GFLOP/s next to the measured float32 matmul peak.
@@ -35,7 +42,46 @@ def parse_args():
     ap.add_argument("--seeds", type=int, default=1, help=">1: compare vmap / Python loop / lax.map")
     ap.add_argument("--xla-flags", default="", help="extra XLA_FLAGS")
     ap.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
+    ap.add_argument("--convs", default="", help="per-conv mode: comma list of SIZE:C_IN:C_OUT")
+    ap.add_argument("--algorithms", nargs="+", default=["rows", "winograd", "winograd4"])
+    ap.add_argument("--rounds", type=int, default=9, help="per-conv mode: alternating rounds")
+    ap.add_argument("--stride1", default="auto", help="whole-net mode: force this algorithm for the stride-1 "
+                    "convs with at least 12^2 outputs (auto = fkp_jax.dip.conv_algorithm's choice)")
     return ap.parse_args()
+
+
+def conv_speed(args):
+    """Per-conv mode (--convs): fwd + bwd of one 3x3 stride-1 conv per algorithm, alternating rounds."""
+    import jax
+
+    from fkp_jax import dip
+
+    print(f"{'SIZE:C_IN:C_OUT':>16} " + " ".join(f"{a + ' ms (cpu)':>22}" for a in args.algorithms))
+    for case in args.convs.split(","):
+        s, c, d = (int(v) for v in case.split(":"))
+        k = jax.random.split(jax.random.key(0), 3)
+        x = jax.random.normal(k[0], (1, s, s, c))
+        w = jax.random.normal(k[1], (3, 3, c, d)) / (9 * c) ** 0.5
+        ct = jax.random.normal(k[2], (1, s, s, d))
+        fns = {}
+        for alg in args.algorithms:
+            def f(x, w, ct, alg=alg):
+                y, vjp = jax.vjp(lambda x, w: dip.conv3x3(x, w, 0.0, 1, alg), x, w)
+                return y, vjp(ct)
+            fns[alg] = jax.jit(f)
+            jax.block_until_ready(fns[alg](x, w, ct))
+        reps = max(1, int(3e6 / (s * s * c)))
+        wall = {a: [] for a in fns}
+        cpu = {a: [] for a in fns}
+        for _ in range(args.rounds):
+            for alg, f in fns.items():
+                t, tc = time.perf_counter(), time.process_time()
+                for _ in range(reps):
+                    jax.block_until_ready(f(x, w, ct))
+                wall[alg].append((time.perf_counter() - t) / reps)
+                cpu[alg].append((time.process_time() - tc) / reps)
+        cells = [f"{1e3 * statistics.median(wall[a]):9.2f} ({1e3 * statistics.median(cpu[a]):8.2f})" for a in fns]
+        print(f"{case:>16} " + " ".join(f"{c_:>22}" for c_ in cells), flush=True)
 
 
 def timeit(fn, reps):
@@ -62,6 +108,9 @@ def main():
 
     from fkp_jax import dip
 
+    if args.stride1 != "auto":
+        choose = dip.conv_algorithm
+        dip.conv_algorithm = lambda n, stride: args.stride1 if stride == 1 and n >= 144 else choose(n, stride)
     opt = optax.adam(5e-3)
 
     def step(params, state, z):
@@ -70,6 +119,8 @@ def main():
         return optax.apply_updates(params, updates), state, loss
 
     print(f"jax {jax.__version__}, devices {jax.devices()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    if args.convs:
+        return conv_speed(args)
     peak = None
     if not args.no_peak:
         a = jnp.ones((2048, 2048), jnp.float32)

@@ -105,7 +105,8 @@ def _conv_cases():
     return x, w, jnp.arange(7.0)
 
 
-@pytest.mark.parametrize("algorithm, stride", [("im2col", 1), ("im2col", 2), ("rows", 1)])
+@pytest.mark.parametrize("algorithm, stride", [("im2col", 1), ("im2col", 2), ("rows", 1), ("winograd", 1),
+                                               ("winograd4", 1), ("winograd", 2)])
 def test_conv3x3_algorithms_match_xla_conv(algorithm, stride):
     """Forward and both gradients of every conv algorithm equal XLA's convolution (odd sizes, batch 2)."""
     x, w, b = _conv_cases()
@@ -113,37 +114,91 @@ def test_conv3x3_algorithms_match_xla_conv(algorithm, stride):
     ref = dip.conv3x3(x, w, b, stride, "xla")
     got = dip.conv3x3(x, w, b, stride, algorithm)
     assert got.shape == ref.shape == (2, -(-13 // stride), -(-10 // stride), 7)
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # F(4, 3) rounds about ten times more than the direct sums: its error is bounded relative to the largest output
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * (float(jnp.abs(ref).max()) if algorithm == "winograd4" else 1))
     g_ref = jax.grad(loss("xla"), argnums=(0, 1, 2))(x, w, b)
     g_got = jax.jit(jax.grad(loss(algorithm), argnums=(0, 1, 2)))(x, w, b)
     for a, r in zip(g_got, g_ref):
         np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
 
 
-def test_conv3x3_rows_float64_and_vmap():
-    """In float64 the rows algorithm equals XLA's convolution to rounding, and it vmaps (seeds axis)."""
+@pytest.mark.parametrize("algorithm", ["rows", "winograd", "winograd4"])
+def test_conv3x3_float64_and_vmap(algorithm):
+    """In float64 each stride-1 algorithm equals XLA's convolution to rounding (forward and both gradients,
+    so the Winograd transforms are exact), and it vmaps (seeds axis), gradients included."""
     x, w, b = _conv_cases()
+
+    def value_and_grads(x, w, b, alg):
+        y, vjp = jax.vjp(lambda x, w, b: dip.conv3x3(x, w, b, 1, alg), x, w, b)
+        return y, vjp(jnp.cos(y))
+
+    both = jax.jit(lambda x, w, b: (value_and_grads(x, w, b, algorithm), value_and_grads(x, w, b, "xla")))
     with jax.enable_x64(True):
-        x64, w64 = (jnp.asarray(a, jnp.float64) for a in (x, w))
-        f = lambda alg: jax.grad(lambda x, w: jnp.sum(jnp.sin(dip.conv3x3(x, w, 0.0, 1, alg))), (0, 1))  # noqa: E731
-        for a, r in zip(f("rows")(x64, w64), f("xla")(x64, w64)):
-            np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
-    batched = jax.vmap(lambda xi: dip.conv3x3(xi, w, b, 1, "rows"))(x[:, None])
-    np.testing.assert_allclose(batched[:, 0], dip.conv3x3(x, w, b, 1, "xla"), rtol=1e-5, atol=1e-5)
+        x64, w64, b64 = (jnp.asarray(a, jnp.float64) for a in (x, w, b))
+        for shape in [(2, 13, 10), (1, 3, 4), (1, 8, 9)]:  # odd, one tile or less, whole tiles
+            got, ref = both(x64[:shape[0], :shape[1], :shape[2]], w64, b64)
+            for a, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+                np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
+    # vmapped (each batch element alone) = the same algorithm on the batch, gradients included
+    one = jax.jit(lambda x: value_and_grads(x, w, b, algorithm))
+    (y_v, g_v), (y, g) = jax.jit(jax.vmap(one))(x[:, None]), one(x)
+    np.testing.assert_allclose(y_v[:, 0], y, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(g_v[0][:, 0], g[0], rtol=1e-5, atol=1e-5 * float(jnp.abs(g[0]).max()))
+    np.testing.assert_allclose(g_v[1].sum(0), g[1], rtol=1e-5, atol=1e-5 * float(jnp.abs(g[1]).max()))
+
+
+@pytest.mark.parametrize("algorithm, bound", [("winograd", 2e-6), ("winograd4", 1e-5)])
+def test_conv3x3_winograd_float32_error(algorithm, bound):
+    """float32 error of the Winograd convs against float64, relative to the largest exact value, on a DIP-like
+    layer (48^2, 144 -> 128, leaky-ReLU'd normal input, PyTorch-default weights). Measured (AMD Zen 3):
+    F(2, 3) 4.8e-7 / 4.3e-7 / 6e-7 (y / dx / dw), as the direct sums (XLA's conv 1.4e-6 / 3e-7 / 1.8e-6);
+    F(4, 3) 3.2e-6 / 2.5e-6 / 2.8e-6 (with Lavin's points 0, +-1, +-2 it was 7.9e-6 / 5.1e-6 / 7e-6)."""
+    k = jax.random.split(jax.random.key(5), 3)
+    x = jax.nn.leaky_relu(jax.random.normal(k[0], (1, 48, 48, 144)), 0.2)
+    w = jax.random.uniform(k[1], (3, 3, 144, 128), minval=-1, maxval=1) / np.sqrt(9 * 144)
+    ct = jax.random.normal(k[2], (1, 48, 48, 128))
+    run = lambda alg, *a: jax.jit(lambda x, w, ct: (lambda y, vjp: (y, *vjp(ct)))(  # noqa: E731
+        *jax.vjp(lambda x, w: dip.conv3x3(x, w, 0.0, 1, alg), x, w)))(*a)
+    got = run(algorithm, x, w, ct)
+    with jax.enable_x64(True):
+        exact = run("xla", *(jnp.asarray(a, jnp.float64) for a in (x, w, ct)))
+    for g, e in zip(got, exact):
+        e = np.asarray(e)
+        assert np.abs(np.asarray(g, np.float64) - e).max() <= bound * np.abs(e).max()
 
 
 def test_conv_algorithm_choice(monkeypatch):
-    """CPU: AVX-512 keeps XLA's conv up to 128^2 outputs and im2col above; other CPUs use rows for stride 1
-    from 12^2 outputs; stride 2 is chosen as on AVX-512 everywhere."""
+    """CPU: AVX-512 keeps XLA's conv up to 128^2 outputs and im2col above; other CPUs use Winograd for stride 1,
+    F(4x4, 3x3) from 48^2 outputs, F(2x2, 3x3) from 6^2, XLA's conv below; stride 2 is chosen as on AVX-512
+    everywhere; accelerators use XLA's conv."""
     from fkp_jax import runtime
 
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     monkeypatch.setattr(runtime, "has_avx512", lambda: True)
     assert [dip.conv_algorithm(n, 1) for n in (96 * 96, 128 * 128, 128 * 128 + 1)] == ["xla", "xla", "im2col"]
     monkeypatch.setattr(runtime, "has_avx512", lambda: False)
-    assert [dip.conv_algorithm(n, 1) for n in (6 * 6, 12 * 12, 256 * 256)] == ["xla", "rows", "rows"]
+    assert [dip.conv_algorithm(n, 1) for n in (5 * 5, 6 * 6, 47 * 48, 48 * 48, 256 * 256)] == [
+        "xla", "winograd", "winograd", "winograd4", "winograd4"]
     assert [dip.conv_algorithm(n, 2) for n in (48 * 48, 256 * 256)] == ["xla", "im2col"]
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert dip.conv_algorithm(256 * 256, 1) == "xla"
     with pytest.raises(ValueError, match="algorithm"):
-        dip.conv3x3(*_conv_cases(), 1, "winograd")
+        dip.conv3x3(*_conv_cases(), 1, "fft")
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_conv3x3_winograd_valid_matches_xla_conv(m):
+    """The VALID form (input padded by the caller, odd sizes, batch 2) and the reflection-folded form agree with
+    XLA's convolution, forward and both gradients (float64: the transforms and their transposes are exact)."""
+    x, w, _ = _conv_cases()
+    with jax.enable_x64(True):
+        x, w = (jnp.asarray(a, jnp.float64) for a in (x, w))
+        xp = jnp.pad(x, ((0, 0), (1, 2), (2, 0), (0, 0)))  # (2, 16, 12, 5) -> (2, 14, 10, 7)
+        for f, ref, arg in [(lambda a, w: dip.conv3x3_winograd(a, w, m), lambda a, w: jax.lax.conv_general_dilated(
+                                a, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")), xp),
+                            (lambda a, w: dip.conv3x3_winograd(a, w, m, True), lambda a, w: dip.conv3x3(a, w, 0.0, 1, "xla"),
+                             x)]:
+            run = jax.jit(lambda a, w, f=f: (lambda y, vjp: (y, vjp(jnp.cos(y))))(*jax.vjp(f, a, w)))
+            for a, r in zip(jax.tree.leaves(run(arg, w)), jax.tree.leaves(jax.jit(
+                    lambda a, w: (lambda y, vjp: (y, vjp(jnp.cos(y))))(*jax.vjp(ref, a, w)))(arg, w))):
+                np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
