@@ -1,14 +1,24 @@
-"""The DIP-FKP solver: one jitted step for the image network and the kernel prior (FKP_SPEC 6.4).
+"""The DIP solver with a pluggable kernel prior: one jitted step (FKP_SPEC 6.4, DKP_SPEC 6).
 
-Iteration t = 1 .. iters (``state["t"]`` holds the number of the NEXT iteration):
-1. sr = DIP(z_x) (NHWC, batch-norm in training mode); kernel = prior.kernel(kernel variables);
-   out = degrade(sr, kernel, sf) (circular pad, correlation, subsample from 0; spec 6.3).
-2. loss = 1 - SSIM(out, lr) for t <= 80, MSE(out, lr) after.
-3. Adam (lr 5e-3) on the DIP parameters; then the prior's optimiser on the kernel variables, applied
-   only from ``prior.first_update`` on (77 for the FKP latent, as the original), followed every
-   iteration by ``prior.project`` (the sphere of radius k - 1 for FKP).
-The kernel and SR of the last iteration's forward pass (before its update) are the results, as in
-the original (spec 6.5).
+Iteration t = 1 .. iters (``state["t"]`` holds the number of the NEXT iteration; for DIP-DKP it is the
+original's global DIP-step counter c):
+1. sr = DIP(z_x) (NHWC, batch-norm in training mode), kept with its VJP. If the prior has a
+   ``prior_step`` it runs now on that sr (DKP: a weighted random-kernel step at the start of every
+   outer iteration); sr does not depend on the kernel, so this is the original's order.
+2. kernel = prior.kernel(kernel variables); out = degrade(sr, kernel, sf) (circular pad, correlation,
+   subsample from 0; spec 6.3); data loss = 1 - SSIM(out, lr) for t <= ssim_until, MSE(out, lr) after
+   (ssim_until: the config's, else the prior's: 80, DKP 405); plus ``prior.image_regulariser(sr, lr)``
+   when the prior has one (DKP's hyper-Laplacian), which reaches the DIP only.
+3. Adam (lr 5e-3) on the DIP parameters with the gradient of the whole loss. The data loss's kernel
+   gradient enters the prior's gradient window (``prior.grad_window(t)``: reset and/or apply; by default
+   each iteration's own gradient, applied from ``prior.first_update`` on: 77 for the FKP latent, as the
+   original); then ``prior.project`` every iteration (the sphere of radius k - 1 for FKP).
+Because the kernel depends only on the kernel variables and sr only on the DIP parameters, the one
+backward pass gives both the DIP gradient (kernel held fixed) and the kernel gradient (sr held fixed):
+DKP's two stop-gradient losses of equal value. The kernel and SR of the last iteration's forward pass
+(after any prior step, before the updates) are the results, as in the original (spec 6.5).
+A prior's ``warmup`` runs when the state is made (`state_from`). Randomness: the state carries a key;
+iteration t hands ``fold_in(key, t)`` to the prior.
 
 Seeds are a leading axis of the state. ``make_step(..., seeds=True)`` vmaps the step over it, so N
 restarts run as one computation; on XLA:CPU that is slower than stepping the seeds one after another
@@ -27,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fkp_jax import dip, metrics
+from fkp_jax import dip, kernel_priors, metrics
 from fkp_jax.degrade import degrade
 from fkp_jax.kernel_priors import KernelPrior
 
@@ -41,7 +51,7 @@ class DIPFKPConfig:
     sf: int = 2
     iters: int = 1000
     dip_lr: float = 5e-3
-    ssim_until: int = 80  # 1 - SSIM for t <= ssim_until, MSE after
+    ssim_until: int | None = None  # 1 - SSIM for t <= ssim_until, MSE after; None: the prior's (80; DKP 405)
     input_noise_scale: float = 0.1  # DIP input: U[0, 1) * 0.1, fixed for all iterations
     input_channels: int = 3
 
@@ -53,24 +63,41 @@ def dip_optimizer(config: DIPFKPConfig) -> optax.GradientTransformation:
     return optax.adam(config.dip_lr)
 
 
+def ssim_until(prior: KernelPrior, config: DIPFKPConfig) -> int:
+    """The last iteration with the 1 - SSIM loss: the config's if set, else the prior's."""
+    return prior.ssim_until if config.ssim_until is None else config.ssim_until
+
+
 def init_state(key: jax.Array, prior: KernelPrior, lr_hw: tuple[int, int], config: DIPFKPConfig) -> State:
-    """A fresh restart for an LR image of size lr_hw: DIP init, DIP input noise and kernel variables
-    all from ``key`` (split per purpose)."""
+    """A fresh restart for an LR image of size lr_hw: DIP init, DIP input noise, kernel variables and the
+    prior's own key all from ``key`` (split per purpose)."""
     k_dip, k_noise, k_prior = jax.random.split(key, 3)
     h, w = lr_hw[0] * config.sf, lr_hw[1] * config.sf
     z_x = config.input_noise_scale * jax.random.uniform(k_noise, (1, h, w, config.input_channels), jnp.float32)
     dip_params = dip.init(k_dip, z_x.shape)
-    return state_from(dip_params, z_x, prior.init(k_prior), prior, config)
+    return state_from(dip_params, z_x, prior.init(k_prior), prior, config, key=jax.random.fold_in(key, 3))
 
 
-def state_from(dip_params, z_x: jax.Array, kernel_vars, prior: KernelPrior, config: DIPFKPConfig) -> State:
-    """A solver state at iteration 1 from given DIP parameters, DIP input (1, H, W, C) and kernel variables."""
+def state_from(dip_params, z_x: jax.Array, kernel_vars, prior: KernelPrior, config: DIPFKPConfig,
+               key: jax.Array | None = None) -> State:
+    """A solver state at iteration 1 from given DIP parameters, DIP input (1, H, W, C) and kernel variables.
+
+    ``key`` drives the prior's randomness (its warm-up, which runs here, and every iteration); None means
+    ``jax.random.key(0)``, fine for priors without randomness or with replayed draws.
+    """
+    key = jax.random.key(0) if key is None else key
+    k_warmup, k_run = jax.random.split(key)
+    k_opt = prior.optimizer.init(kernel_vars)
+    if prior.warmup is not None:
+        kernel_vars, k_opt = prior.warmup(kernel_vars, k_opt, k_warmup)
     return {
         "t": jnp.asarray(1, jnp.int32),
         "dip": dip_params,
         "dip_opt": dip_optimizer(config).init(dip_params),
         "kvars": kernel_vars,
-        "k_opt": prior.optimizer.init(kernel_vars),
+        "k_opt": k_opt,
+        "k_acc": jax.tree.map(jnp.zeros_like, kernel_vars),  # the kernel gradient window's running sum
+        "key": k_run,
         "z_x": z_x,
     }
 
@@ -80,37 +107,70 @@ def stack_states(states: list[State]) -> State:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
-def loss_fn(dip_params, kernel_vars, z_x, lr, t, prior: KernelPrior, config: DIPFKPConfig):
-    """Loss of iteration t and its forward results; lr is (1, h, w, C) in [0, 1]."""
-    sr = dip.apply(dip_params, z_x)
+def data_loss(sr, kernel_vars, lr, t, prior: KernelPrior, config: DIPFKPConfig):
+    """(data loss of iteration t, kernel) for a DIP output sr (1, H, W, C); lr is (1, h, w, C) in [0, 1]."""
     kernel = prior.kernel(kernel_vars)
     out = degrade(sr, kernel, config.sf)
-    loss = jnp.where(t <= config.ssim_until, 1.0 - metrics.ssim(out, lr), metrics.mse(out, lr))
+    loss = jnp.where(t <= ssim_until(prior, config), 1.0 - metrics.ssim(out, lr), metrics.mse(out, lr))
+    return loss, kernel
+
+
+def loss_fn(dip_params, kernel_vars, z_x, lr, t, prior: KernelPrior, config: DIPFKPConfig):
+    """Loss of iteration t (data loss + the prior's image regulariser, if any) and its forward results."""
+    sr = dip.apply(dip_params, z_x)
+    loss, kernel = data_loss(sr, kernel_vars, lr, t, prior, config)
+    if prior.image_regulariser is not None:
+        loss = loss + prior.image_regulariser(sr, lr)
     return loss, (sr, kernel)
 
 
+def _backward(sr, dip_vjp, kernel_vars, lr, t, prior: KernelPrior, config: DIPFKPConfig):
+    """Loss, outputs and (DIP gradients, kernel-variable gradients) given the DIP forward (sr, its VJP)."""
+    (loss, kernel), (g_sr, g_k) = jax.value_and_grad(data_loss, argnums=(0, 1), has_aux=True)(
+        sr, kernel_vars, lr, t, prior, config)
+    out = {"loss": loss, "kernel": kernel, "sr": sr}
+    if prior.image_regulariser is not None:  # the DIP's loss only: it does not depend on the kernel
+        reg, g_reg = jax.value_and_grad(prior.image_regulariser)(sr, lr)
+        g_sr = g_sr + g_reg
+        out.update(loss=loss + reg, loss_data=loss, image_reg=reg)
+    (g_dip,) = dip_vjp(g_sr)
+    return out, (g_dip, g_k)
+
+
 def grads(state: State, lr, prior: KernelPrior, config: DIPFKPConfig):
-    """(loss, (sr, kernel)), (DIP gradients, kernel-variable gradients) of the current iteration."""
-    f = lambda dip_params, kvars: loss_fn(dip_params, kvars, state["z_x"], lr, state["t"], prior, config)
-    return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(state["dip"], state["kvars"])
+    """(loss, (sr, kernel)), (DIP gradients, kernel-variable gradients) of the current iteration at the
+    state's kernel variables (without the prior's own step)."""
+    sr, dip_vjp = jax.vjp(lambda p: dip.apply(p, state["z_x"]), state["dip"])
+    out, g = _backward(sr, dip_vjp, state["kvars"], lr, state["t"], prior, config)
+    return (out["loss"], (out["sr"], out["kernel"])), g
 
 
 def step(state: State, lr, prior: KernelPrior, config: DIPFKPConfig):
-    """One iteration (spec 6.4): returns the next state and {loss, kernel, sr} of this iteration's forward."""
-    (loss, (sr, kernel)), (g_dip, g_k) = grads(state, lr, prior, config)
+    """One iteration (module docstring): returns the next state and {loss, kernel, sr} of this iteration's
+    forward (plus loss_data and image_reg for a prior with an image regulariser; loss is their sum)."""
+    t = state["t"]
+    k_prior, k_update = jax.random.split(jax.random.fold_in(state["key"], t))
+    sr, dip_vjp = jax.vjp(lambda p: dip.apply(p, state["z_x"]), state["dip"])
+    kvars, k_opt_state = state["kvars"], state["k_opt"]
+    if prior.prior_step is not None:
+        kvars, k_opt_state = prior.prior_step(kvars, k_opt_state, jax.lax.stop_gradient(sr), lr, t, k_prior)
+    out, (g_dip, g_k) = _backward(sr, dip_vjp, kvars, lr, t, prior, config)
+
     updates, dip_opt_state = dip_optimizer(config).update(g_dip, state["dip_opt"], state["dip"])
     dip_params = optax.apply_updates(state["dip"], updates)
 
-    k_updates, k_opt_state = prior.optimizer.update(g_k, state["k_opt"], state["kvars"])
-    kvars = optax.apply_updates(state["kvars"], k_updates)
-    active = state["t"] >= prior.first_update  # before that the original's kernel variable has no grad
-    kvars = jax.tree.map(lambda new, old: jnp.where(active, new, old), kvars, state["kvars"])
-    k_opt_state = jax.tree.map(lambda new, old: jnp.where(active, new, old), k_opt_state, state["k_opt"])
+    reset, apply = prior.grad_window(t)
+    acc = jax.tree.map(lambda a, g: jnp.where(reset, g, a + g), state["k_acc"], g_k)
+    new_kvars, new_k_opt = kernel_priors.optimizer_update(prior.optimizer, acc, k_opt_state, kvars, k_update)
+    keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
+    kvars = jax.tree.map(keep, new_kvars, kvars)
+    k_opt_state = jax.tree.map(keep, new_k_opt, k_opt_state)
+    acc = jax.tree.map(lambda a: jnp.where(apply, jnp.zeros_like(a), a), acc)
     kvars = prior.project(kvars)
 
-    new_state = {"t": state["t"] + 1, "dip": dip_params, "dip_opt": dip_opt_state,
-                 "kvars": kvars, "k_opt": k_opt_state, "z_x": state["z_x"]}
-    return new_state, {"loss": loss, "kernel": kernel, "sr": sr}
+    new_state = {"t": t + 1, "dip": dip_params, "dip_opt": dip_opt_state, "kvars": kvars,
+                 "k_opt": k_opt_state, "k_acc": acc, "key": state["key"], "z_x": state["z_x"]}
+    return new_state, out
 
 
 def make_step(prior: KernelPrior, config: DIPFKPConfig, seeds: bool = False) -> Callable:
