@@ -42,8 +42,8 @@ def check_lr(name: str, lr, args) -> None:
     h, w = lr.shape[:2]
     need = max(-(-min_hr_side() // args.sf), kernels.kernel_size(args.sf))
     if min(h, w) < need:
-        raise ValueError(f"{name}: image too small: LR {h}x{w}; DIP-FKP at x{args.sf} needs LR sides >= {need} "
-                         f"(HR >= {min_hr_side()} for its 5-level generator, and the kernel)")
+        raise ValueError(f"{name}: image too small: LR {h}x{w}; the DIP solver at x{args.sf} needs LR sides "
+                         f">= {need} (HR >= {min_hr_side()} for its 5-level generator, and the kernel)")
 
 
 def add_arguments(p):
@@ -55,15 +55,16 @@ def add_arguments(p):
                         "computation (accelerator default)")
 
 
-def build(args):
-    """The DIP solver for every image of this run (one compilation per image size)."""
+def build(args, prior=None):
+    """The DIP solver for every image of this run (one compilation per image size); ``prior`` (a
+    `kernel_priors.KernelPrior`) defaults to ``--kernel-prior`` by name."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from fkp_jax import cli, dipfkp, kernel_priors
 
-    prior = kernel_priors.make_prior(args.kernel_prior, args.sf, args.weights)
+    prior = kernel_priors.make_prior(args.kernel_prior, args.sf, args.weights) if prior is None else prior
     config = dipfkp.DIPFKPConfig(sf=args.sf, iters=args.iters)
     runner = dipfkp.make_runner(prior, config, seeds=True, chunk=args.chunk, seed_mode=args.seed_mode)
 
@@ -84,13 +85,36 @@ def build(args):
     return solve
 
 
+def study(args, seed_mode=None, prior=None):
+    """The solver protocol for `fkp_jax.study` (`cli.StudySolver`): the runner is built once, then bound
+    to each image. ``seed_mode`` None: ``--seed-mode`` or the backend's default (`dipfkp.default_seed_mode`);
+    ``prior`` as in `build`."""
+    import jax.numpy as jnp
+
+    from fkp_jax import cli, dipfkp, kernel_priors
+
+    prior = kernel_priors.make_prior(args.kernel_prior, args.sf, args.weights) if prior is None else prior
+    config = dipfkp.DIPFKPConfig(sf=args.sf, iters=args.iters)
+    runner = dipfkp.make_runner(prior, config, seeds=True, chunk=args.chunk, seed_mode=seed_mode or args.seed_mode)
+
+    def prepare(job, lr):
+        lr_batch = jnp.asarray(lr[None])
+        return cli.StudySolver(
+            init=lambda key: dipfkp.init_state(key, prior, lr.shape[:2], config),
+            advance=lambda state, n: runner(state, lr_batch, n)[:2],
+            kernels=lambda state, out: out["kernel"], loss=lambda out: out["loss"],
+            srs=lambda out: out["sr"][:, 0])
+
+    return prepare
+
+
 def method():
     from fkp_jax import cli, kernel_priors, kernels
 
     return cli.Method(
         name="dipfkp", title="DIP-FKP", model="DIPFKP", scales=(2, 3, 4), priors=kernel_priors.PRIORS,
         default_dataset=DEFAULT_DATASET, default_iters=lambda args: 1000, kernel_size=kernels.kernel_size,
-        check_lr=check_lr, build=build, add_arguments=add_arguments,
+        check_lr=check_lr, build=build, add_arguments=add_arguments, study=study,
         prior_help="fkp (DIP-FKP), mlp (Double-DIP) or softmax (DIPSoftmax)")
 
 

@@ -52,6 +52,34 @@ Solver = Callable[[Job, np.ndarray, np.ndarray | None, Progress], Estimate]
 
 
 @dataclasses.dataclass(frozen=True)
+class StudySolver:
+    """A method's solver for one image as the study runner (`fkp_jax.study`) drives it: the solver protocol.
+
+    States are pytrees; ``init`` makes one restart, every other function sees a leading seed axis (N).
+    - init(key) -> one restart's state; the runner vmaps it over the seeds' keys (and shards the result).
+    - advance(state, n) -> (state, outputs): n more iterations of every seed, with the method's own driver
+      (the state passed in may be donated); outputs are those of the last iteration.
+    - kernels(state, outputs) -> (N, k, k): the current estimates at the run's scale (correlation convention).
+    - loss(outputs) -> (N,): the training loss of the last iteration.
+    - srs(outputs) -> (N, H, W, 3) SR images in [0, 1]; None for a method without an image model.
+    - traceable_init: False for an init that cannot be traced (NumPy inside): it then runs seed by seed.
+    """
+
+    init: Callable[[object], object]
+    advance: Callable[[object, int], tuple[object, dict]]
+    kernels: Callable[[object, dict], object]
+    loss: Callable[[dict], object]
+    srs: Callable[[dict], object] | None = None
+    traceable_init: bool = True
+
+
+# (options, seed_mode) -> prepare(job, lr) -> StudySolver. seed_mode None: the method's fastest driver on this
+# backend (e.g. a loop over seeds on CPU); "vmap": one batched computation over the seed axis (the study asks
+# for it when it shards the seeds over several devices); "loop": the seeds one after another.
+StudyFactory = Callable[[argparse.Namespace, str | None], Callable[[Job, np.ndarray], StudySolver]]
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
     """A blind SR method as the command line sees it."""
 
@@ -60,7 +88,7 @@ class Method:
     model: str  # data-set folder prefix, e.g. "DIPFKP" (DIR/DIPFKP_lr_x2)
     scales: tuple[int, ...]
     priors: tuple[str, ...]  # --kernel-prior choices; the first is the default
-    default_dataset: Path
+    default_dataset: Path | Callable[[argparse.Namespace], Path]  # or parsed options -> folder
     default_iters: Callable[[argparse.Namespace], int]  # parsed options -> iterations (the original's)
     kernel_size: Callable[[int], int]  # sf -> size of the kernel the method returns
     check_lr: Callable[[str, np.ndarray, argparse.Namespace], None]  # (name, LR, options): ValueError if unusable
@@ -69,9 +97,17 @@ class Method:
     has_image_output: bool = True  # the method itself produces an SR image (DIP); else only a kernel
     prior_help: str = ""
     other_models: tuple[str, ...] = ()  # folder prefixes also read when DIR has none of `model`
+    study: StudyFactory | None = None  # the solver protocol for `python -m experiments.study` (optional)
+    recorded_options: tuple[str, ...] = ()  # method options (argparse dests) written to metrics.json's config
 
     def title_for(self, prior: str) -> str:
         return self.title if prior == self.priors[0] else f"{self.title} ({prior} kernel prior)"
+
+
+def default_dataset(method: Method, args: argparse.Namespace) -> Path:
+    """The bundled data set used when neither --dataset nor --input is given."""
+    d = method.default_dataset
+    return d(args) if callable(d) else d
 
 
 def parse_args(method: Method, argv) -> argparse.Namespace:
@@ -112,7 +148,7 @@ def find_jobs(method: Method, args) -> list[Job]:
         if not args.input.is_file():
             raise FileNotFoundError(f"no such input image: {args.input}")
         return [Job(args.input.stem, args.input, None, None)]
-    root = method.default_dataset if args.dataset is None else args.dataset
+    root = default_dataset(method, args) if args.dataset is None else args.dataset
     if not root.is_dir():
         raise FileNotFoundError(f"no such data set folder: {root}")
     layouts = [io.dataset_layout(root, args.sf, m) for m in (method.model, *method.other_models)]
@@ -218,6 +254,28 @@ def closed_form(args) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
                                                                args.sf))
 
 
+def sr_outputs(method: Method, job: Job, args, lr: np.ndarray, kernels: np.ndarray, srs, nonblind
+               ) -> tuple[dict[str, list[float]], np.ndarray | None, np.ndarray | None]:
+    """The SR images of every seed and their metrics: the method's own ``srs`` (N, H, W, 3) in [0, 1] (for a
+    method without an image model and no ``--SR``: the closed-form solver's on each kernel) and USRNet's with
+    ``--SR``. Returns (metric lists, SR uint8 or None, USRNet SR uint8 or None)."""
+    result = {}
+    srs = None if srs is None else to_u8(srs)
+    nonblind_fn, _ = nonblind
+    if srs is None and nonblind_fn is None and not method.has_image_output:
+        fallback = closed_form(args)
+        srs = to_u8([fallback(lr, kk) for kk in kernels])
+    if srs is not None:
+        result.update(image_metrics(job, srs, args.sf) or {})
+    srs_usr = None
+    if nonblind_fn is not None:
+        srs_usr = to_u8([nonblind_fn(lr, kk) for kk in kernels])
+        m = image_metrics(job, srs_usr, args.sf)
+        if m is not None:
+            result["psnr_y_usrnet"], result["ssim_y_usrnet"] = m["psnr_y"], m["ssim_y"]
+    return result, srs, srs_usr
+
+
 def run_job(method: Method, job: Job, args, solve: Solver | None, nonblind, out_dir: Path) -> dict:
     """Solve one image for all seeds; write its outputs; return its metrics lists."""
     from tqdm import tqdm
@@ -250,19 +308,11 @@ def run_job(method: Method, job: Job, args, solve: Solver | None, nonblind, out_
     if gt is not None and solve is not None:  # (the oracle's kernel is the ground truth itself)
         result["kernel_psnr"] = [metrics.kernel_psnr(gt, kk) for kk in kernels]
 
-    srs = None if est.srs is None else to_u8(est.srs)
-    nonblind_fn, _ = nonblind
-    if srs is None and nonblind_fn is None and not method.has_image_output:
-        fallback = closed_form(args)
-        srs = to_u8([fallback(lr, kk) for kk in kernels])
+    image_results, srs, srs_usr = sr_outputs(method, job, args, lr, kernels, est.srs, nonblind)
+    result.update(image_results)
     if srs is not None:
-        result.update(image_metrics(job, srs, args.sf) or {})
         io.write_image_u8(out_dir / f"{job.name}_sr.png", srs[0])
-    if nonblind_fn is not None:
-        srs_usr = to_u8([nonblind_fn(lr, kk) for kk in kernels])
-        m = image_metrics(job, srs_usr, args.sf)
-        if m is not None:
-            result["psnr_y_usrnet"], result["ssim_y_usrnet"] = m["psnr_y"], m["ssim_y"]
+    if srs_usr is not None:
         io.write_image_u8(out_dir / f"{job.name}_sr_usrnet.png", srs_usr[0])
 
     io.write_npy(out_dir / f"{job.name}_kernel.npy", kernels[0])
@@ -310,9 +360,10 @@ def main(method: Method, argv=None) -> int:
               "USRNet-tiny" if nonblind[0] is not None else "closed-form FFT (no weights)")
         record = {"config": {"method": method.name, "sf": args.sf, "iters": args.iters, "seeds": args.seeds,
                              "seed": args.seed, "kernel_prior": args.kernel_prior, "kernel": args.kernel,
-                             "weights": args.weights or f"ours x{args.sf}",
+                             "weights": (args.weights or f"ours x{args.sf}") if args.kernel_prior == "fkp" else None,
                              "sr": sr, "usrnet": None if args.sr_weights is None else str(args.sr_weights),
-                             "dataset": str(args.input or args.dataset or method.default_dataset)},
+                             "dataset": str(args.input or args.dataset or default_dataset(method, args)),
+                             **{name: getattr(args, name) for name in method.recorded_options}},
                   "images": images, "mean": mean}
         title = f"{method.title_for(args.kernel_prior)} x{args.sf}, " + (
             "ground-truth kernel (oracle)" if args.kernel == "gt" else f"{args.iters} iterations")
