@@ -139,14 +139,19 @@ def main(argv=None) -> int:
         lines.append(f"| {r['h']}x{r['w']} | {r['seeds']} | {r['seed_mode']} | {r['chunk']} | {r['s_per_iter']:.3f} | {r['s_per_iter'] / r['seeds']:.3f} "
                      f"| {gf:.1f} | {rate:.0f} | {100 * rate / peak:.0f} % | {r['first_call_s']:.1f} "
                      f"| {r['peak_rss_mib']:.0f} | {dev} |")
-    text = "\n".join(lines) + "\n\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    old = args.out.read_text() if args.out.exists() else "# Benchmarks\n\n"
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(old + text)
-    os.replace(tmp, args.out)  # appended atomically
-    print(text)
+    print(append_table(args.out, lines))
     return 0
+
+
+def append_table(out: Path, lines: list[str]) -> str:
+    """Append a Markdown block (lines) to ``out`` (created with a title if missing), atomically; return it."""
+    text = "\n".join(lines) + "\n\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = out.read_text() if out.exists() else "# Benchmarks\n\n"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(old + text)
+    os.replace(tmp, out)  # appended atomically
+    return text
 
 
 if __name__ == "__main__":

@@ -47,30 +47,46 @@ def kernel_size(sf: int) -> int:
     return 11 if sf == 2 else 21
 
 
+def solver_parts(args):
+    """(config, init(key) -> state, step(seeds) -> jitted (state, sampler) -> (state, outputs), estimate(outputs,
+    state) -> kernel at the run's scale (per seed, or with a leading seed axis: vmapped), the FKP prior or None)
+    for --kernel-prior."""
+    import jax
+
+    from fkp_jax import flow, kernelgan, kernelgan_linear
+
+    if args.kernel_prior == "linear":
+        if args.weights:
+            raise ValueError("--weights is an FKP prior; the linear (original KernelGAN) generator has none")
+        config = kernelgan_linear.LinearKernelGANConfig()
+        init = lambda key: kernelgan_linear.init_state(key, config)  # noqa: E731
+        step = lambda seeds: kernelgan_linear.make_step(config, seeds)  # noqa: E731 (seeds: lax.map / vmap)
+        estimate = lambda out, state: kernelgan_linear.final_kernel(state, args.sf)  # noqa: E731 (last G kernel)
+        return config, init, step, estimate, None
+    prior = flow.load_prior(args.weights or 2)
+    if prior.config.sf != 2 or prior.config.k != 11:
+        raise ValueError(f"--weights {args.weights}: KernelGAN-FKP needs an x2 FKP prior (11 x 11 kernels), "
+                         f"got x{prior.config.sf}")
+    config = kernelgan.KernelGANConfig(sf=args.sf, iters=args.iters)
+    init = lambda key: kernelgan.init_state(key, prior, config)  # noqa: E731
+    step = lambda seeds: kernelgan.make_step(prior, config, seeds)  # noqa: E731
+
+    def estimate(out, state):
+        final = lambda k: kernelgan.final_kernel(k, args.sf)  # noqa: E731
+        return jax.vmap(final)(out["kernel"]) if out["kernel"].ndim == 3 else final(out["kernel"])
+
+    return config, init, step, estimate, prior
+
+
 def build(args):
     """One solver for every image: the jitted step is built once (crops are drawn inside it)."""
     import jax
     import numpy as np
 
-    from fkp_jax import cli, flow, kernelgan, kernelgan_linear
+    from fkp_jax import cli, kernelgan
 
-    linear = args.kernel_prior == "linear"
-    if linear:
-        if args.weights:
-            raise ValueError("--weights is an FKP prior; the linear (original KernelGAN) generator has none")
-        config = kernelgan_linear.LinearKernelGANConfig()
-        step = kernelgan_linear.make_step(config)
-        init = lambda key: kernelgan_linear.init_state(key, config)  # noqa: E731
-        estimate = lambda out, state: kernelgan_linear.final_kernel(state, args.sf)  # noqa: E731 (last G kernel)
-    else:
-        prior = flow.load_prior(args.weights or 2)
-        if prior.config.sf != 2 or prior.config.k != 11:
-            raise ValueError(f"--weights {args.weights}: KernelGAN-FKP needs an x2 FKP prior (11 x 11 kernels), "
-                             f"got x{prior.config.sf}")
-        config = kernelgan.KernelGANConfig(sf=args.sf, iters=args.iters)
-        step = kernelgan.make_step(prior, config)
-        init = lambda key: kernelgan.init_state(key, prior, config)  # noqa: E731
-        estimate = lambda out, state: kernelgan.final_kernel(out["kernel"], args.sf)  # noqa: E731
+    config, init, make_step, estimate, _ = solver_parts(args)
+    step = make_step(False)
 
     def solve(job, lr, gt, progress):
         sampler = kernelgan.make_sampler(kernelgan.prepare_image(lr, args.real), config.g_size, config.d_size)
@@ -94,13 +110,43 @@ def build(args):
     return solve
 
 
+def study(args, seed_mode=None):
+    """The solver protocol for `fkp_jax.study` (`cli.StudySolver`): `kernelgan.make_runner` (seeds one after
+    another through the single-seed jitted step, the CPU default, or vmapped); the linear KernelGAN steps its
+    seed axis inside one jitted call (``lax.map`` for "loop", its own CPU default, or vmap)."""
+    import jax.numpy as jnp
+
+    from fkp_jax import cli, kernelgan, kernelgan_linear
+
+    config, init, _, estimate, prior = solver_parts(args)
+    mode = seed_mode or kernelgan.default_seed_mode()
+    if prior is None:
+        batched = kernelgan_linear.make_step(config, True, seed_mode="map" if mode == "loop" else "vmap")
+
+        def run(state, sampler, n):
+            for _ in range(n):
+                state, out = batched(state, sampler)
+            return state, out
+    else:
+        runner = kernelgan.make_runner(prior, config, seeds=True, seed_mode=mode)
+        run = lambda state, sampler, n: runner(state, sampler, n)[:2]  # noqa: E731
+
+    def prepare(job, lr):
+        sampler = kernelgan.make_sampler(kernelgan.prepare_image(lr, args.real), config.g_size, config.d_size)
+        return cli.StudySolver(init=init, advance=lambda state, n: run(state, sampler, n),
+                               kernels=lambda state, out: estimate(out, state), loss=lambda out: jnp.asarray(out["loss_g"]),
+                               traceable_init=False)  # (the discriminator's init draws through NumPy)
+
+    return prepare
+
+
 def method():
     from fkp_jax import cli
 
     return cli.Method(
         name="kernelganfkp", title="KernelGAN-FKP", model="KernelGANFKP", scales=(2, 4), priors=("fkp", "linear"),
         default_dataset=DEFAULT_DATASET, default_iters=default_iters,
-        kernel_size=kernel_size, check_lr=check_lr, build=build, has_image_output=False,
+        kernel_size=kernel_size, check_lr=check_lr, build=build, has_image_output=False, study=study,
         other_models=("DIPFKP",),
         prior_help="fkp (KernelGAN-FKP: the FKP flow latent) or linear (the original KernelGAN: a deep linear "
                    "generator with its regularisers, spec 7.6)")
