@@ -12,7 +12,9 @@ count with extra seeds whose results are dropped). The method's jitted vmapped s
 sharded state. On one device the method's own fastest driver runs instead (on CPU a loop over the seeds,
 `dipfkp.default_seed_mode`). A method plugs in through `cli.Method.study`, the solver protocol
 `cli.StudySolver` (init / advance / kernels / loss / srs); this module knows no method by name: ``--method
-NAME`` loads ``experiments.NAME`` (or the module NAME) and calls its ``method()``.
+NAME`` loads ``experiments.NAME`` (or the module NAME) and calls its ``method()``. Options the study does not
+know go to every method's own parser (``--kernel-type motion`` for dipdkp); those a method records
+(`cli.Method.recorded_options`) belong to its run's configuration.
 
 Nothing is lost. Each finished (run, image, seed) is written the moment its batch ends, under a temporary
 name then renamed: ``runs/<run>/<image>/seed<i>.npz`` (final kernel, the kernels and losses recorded every
@@ -118,7 +120,19 @@ class Run:
                 "seed": a.seed, "weights": None if a.weights is None else str(a.weights),
                 "dataset": str(Path(a.dataset or cli.default_dataset(self.method, a)).resolve()),
                 "real": bool(a.real), "record_every": self.record_every,
-                "usrnet": None if a.sr_weights is None else str(Path(a.sr_weights).resolve())}
+                "usrnet": None if a.sr_weights is None else str(Path(a.sr_weights).resolve()),
+                **{name: getattr(a, name) for name in self.method.recorded_options}}
+
+
+def method_args(method: cli.Method, argv: list[str]) -> argparse.Namespace:
+    """The method's options as its own command parses them; its parser's complaint as a one-line error."""
+    err = _stdio.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return cli.parse_args(method, argv)
+    except SystemExit:
+        why = (err.getvalue().strip().splitlines() or ["bad options"])[-1].split("error: ", 1)[-1]
+        raise StudyError(f"{method.name}: {why}") from None
 
 
 def make_runs(opts: argparse.Namespace) -> list[Run]:
@@ -142,7 +156,7 @@ def make_runs(opts: argparse.Namespace) -> list[Run]:
             argv += ["--real"] if opts.real else []
             argv += [] if opts.weights is None else ["--weights", str(opts.weights)]
             argv += [] if opts.sr_weights is None else ["--SR", str(opts.sr_weights)]
-            run = Run(method, prior, sf, cli.parse_args(method, argv), opts.record_every)
+            run = Run(method, prior, sf, method_args(method, argv + opts.method_options), opts.record_every)
             runs.setdefault(run.key, run)
     return list(runs.values())
 
@@ -559,7 +573,10 @@ def write_plots(tables, seeds: int, store: Store) -> None:
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.study", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.study", description=__doc__.split("\n")[0],
+                                epilog="Other options go to every method's own parser (e.g. --kernel-type motion "
+                                       "for dipdkp, --chunk for the DIP methods); the ones a method records are part "
+                                       "of the run's configuration.")
     p.add_argument("--method", nargs="+", action="extend", required=True, metavar="NAME[:PRIOR]",
                    help="methods (experiments.NAME, e.g. dipfkp, kernelganfkp), optionally with a kernel prior "
                         "(dipfkp:mlp); several allowed")
@@ -587,7 +604,7 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--coordinator", help="with --distributed: HOST:PORT of process 0")
     p.add_argument("--num-processes", type=int, help="with --distributed: the number of processes")
     p.add_argument("--process-id", type=int, help="with --distributed: this process's number (0 writes the files)")
-    args = p.parse_args(argv)
+    args, args.method_options = p.parse_known_args(argv)
     args.sf = args.sf or [2]
     return args
 

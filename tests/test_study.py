@@ -180,7 +180,9 @@ def test_bad_input_one_line_errors(dataset, tmp_path, capsys, monkeypatch):
              (["--method", "study_toy:fkp", "--dataset", str(dataset)], "unknown kernel prior"),
              (["--method", "study_toy", "--dataset", str(tmp_path / "nowhere")], "nowhere"),
              (["--method", "study_toy", "--sf", "3", "--dataset", str(dataset)], "DIPFKP_lr_x3"),
-             (["--method", "study_toy", "--dataset", str(dataset), "--seeds", "0"], "--seeds")]
+             (["--method", "study_toy", "--dataset", str(dataset), "--seeds", "0"], "--seeds"),
+             (["--method", "study_toy", "--dataset", str(dataset), "--bogus", "1"],  # other options go to the method
+              "study_toy: unrecognized arguments: --bogus 1")]
     for argv, needle in cases:
         assert study.main(argv + out) == 2, argv
         err = capsys.readouterr().err.strip()
