@@ -67,6 +67,7 @@ CONFIG_FILE = "study.json"
 RESULT_METRICS = ("kernel_psnr", "psnr_y", "ssim_y", "psnr_y_usrnet", "ssim_y_usrnet")
 CSV_COLUMNS = ("run", "method", "kernel_prior", "sf", "image", "seed") + RESULT_METRICS + (
     "lr_error", "final_loss", "seconds")
+SELECTION_COLUMNS = ("run", "image", "rule", "seed", "iteration", "kernel_psnr", "psnr_y")
 
 
 class StudyError(ValueError):
@@ -517,7 +518,72 @@ def collect(plan: list[tuple[Run, list[cli.Job]]], seeds: int, store: Store):
     return tables, rows
 
 
-def markdown(tables, command: str, seeds: int) -> str:
+def selections(tables, seeds: int, store: Store, rules: list[str]) -> list[dict]:
+    """Per run, image and rule (`fkp_jax.selection`) the kept seed (and iteration), its kernel PSNR and PSNR-Y;
+    with ground truth also the rows "mean" (over seeds) and "oracle" (the seed of the best kernel PSNR)."""
+    from fkp_jax import metrics, selection
+
+    rows = []
+    for run, images in tables:
+        for image, r in images.items():
+            per_seed = [store.read_result(run, image, s) for s in range(seeds)]
+            metas, arrays = [m for m, _ in per_seed], [a for _, a in per_seed]
+            gt = arrays[0].get("gt_kernel")
+            base = {"run": run.key, "image": image}
+            if gt is not None:
+                best = int(np.argmax(r["kernel_psnr"]))
+                rows.append({**base, "rule": "mean", "seed": None, "iteration": None,
+                             "kernel_psnr": float(np.mean(r["kernel_psnr"])),
+                             "psnr_y": float(np.mean(r["psnr_y"])) if r.get("psnr_y") else None})
+                rows.append({**base, "rule": "oracle", "seed": best, "iteration": None,
+                             "kernel_psnr": r["kernel_psnr"][best], "psnr_y": metas[best].get("psnr_y")})
+            for rule in rules:
+                seed, t = selection.choose(rule, [m.get("lr_error") for m in metas], np.stack([a["kernel"] for a in arrays]),
+                                           arrays[0]["record_t"], np.stack([a["record_kernels"] for a in arrays], 1))
+                kernel = arrays[seed]["kernel"] if t is None else arrays[seed]["record_kernels"][
+                    list(arrays[seed]["record_t"]).index(t)]
+                rows.append({**base, "rule": rule, "seed": seed, "iteration": t,
+                             "kernel_psnr": None if gt is None else metrics.kernel_psnr(gt, kernel),
+                             "psnr_y": metas[seed].get("psnr_y") if t is None else None})
+    return rows
+
+
+def selection_markdown(tables, rows: list[dict]) -> list[str]:
+    """Per run: a row per image, a column per rule ("kernel PSNR / PSNR-Y (seed, iteration)"), the means."""
+    lines = []
+    for run, images in tables:
+        mine = [r for r in rows if r["run"] == run.key]
+        rules = list(dict.fromkeys(r["rule"] for r in mine))
+        if not rules:
+            continue
+
+        def cell(r, where=True):
+            f = lambda v, fmt: "-" if v is None else f"{v:{fmt}}"  # noqa: E731
+            at = [] if r["seed"] is None or not where else [f"seed {r['seed']}"] + (
+                [] if r["iteration"] is None else [f"it. {r['iteration']}"])
+            return f"{f(r['kernel_psnr'], '.2f')} / {f(r['psnr_y'], '.2f')}" + (f" ({', '.join(at)})" if at else "")
+
+        lines += ["", f"### Selection without ground truth: {run.title} x{run.sf}", "",
+                  "| image | " + " | ".join(rules) + " |", "| --- |" + " ---: |" * len(rules)]
+        for image in images:
+            by_rule = {r["rule"]: r for r in mine if r["image"] == image}
+            lines.append(f"| {image} | " + " | ".join(cell(by_rule[rule]) for rule in rules) + " |")
+        means = []
+        for rule in rules:
+            vals = [r for r in mine if r["rule"] == rule]
+            k = [r["kernel_psnr"] for r in vals if r["kernel_psnr"] is not None]
+            y = [r["psnr_y"] for r in vals if r["psnr_y"] is not None]
+            means.append(cell({"kernel_psnr": float(np.mean(k)) if len(k) == len(vals) else None,
+                               "psnr_y": float(np.mean(y)) if len(y) == len(vals) else None, "seed": None}))
+        lines.append("| **mean** | " + " | ".join(means) + " |")
+    if lines:
+        lines += ["", "Cells: kernel PSNR / PSNR-Y (dB) of the kept kernel (seed, and iteration for a recorded one; "
+                  "no PSNR-Y there: no SR image was kept for it). mean: over seeds; oracle: the seed with the best "
+                  "kernel PSNR (needs the ground truth, an upper bound); the rules: `fkp_jax.selection`."]
+    return lines
+
+
+def markdown(tables, command: str, seeds: int, selected: list[dict] = ()) -> str:
     from fkp_jax import report
 
     lines = ["# Study", "", f"Command: `{command}`", "",
@@ -527,15 +593,16 @@ def markdown(tables, command: str, seeds: int) -> str:
     for run, images in tables:
         lines += ["", f"## {run.title} x{run.sf} ({run.key}, {run.args.iters} iterations)", ""]
         lines += report.results_table(images, report.summarise(images))
+    lines += selection_markdown(tables, list(selected))
     lines += ["", "Per image: mean ± std over seeds (restarts); the mean row averages the per-image means. "
               "PSNR/SSIM on Y (MATLAB BT.601), border of s pixels shaved; kernel PSNR with peak 1 (FKP_SPEC 9). "
               "Per seed values: results.csv; curves and kernels: plots/.", ""]
     return "\n".join(lines)
 
 
-def csv_text(rows: list[dict]) -> str:
+def csv_text(rows: list[dict], columns=CSV_COLUMNS) -> str:
     buf = _stdio.StringIO()
-    w = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, columns, lineterminator="\n")
     w.writeheader()
     for row in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -573,6 +640,8 @@ def write_plots(tables, seeds: int, store: Store) -> None:
 
 
 def parse_args(argv) -> argparse.Namespace:
+    from fkp_jax.selection import RULES
+
     p = argparse.ArgumentParser(prog="python -m experiments.study", description=__doc__.split("\n")[0],
                                 epilog="Other options go to every method's own parser (e.g. --kernel-type motion "
                                        "for dipdkp, --chunk for the DIP methods); the ones a method records are part "
@@ -598,6 +667,9 @@ def parse_args(argv) -> argparse.Namespace:
                    help="on one device: the seeds one after another or as one vmapped computation (default: "
                         "the method's choice for the backend); several devices always vmap and shard")
     p.add_argument("--devices", type=int, default=None, help="use the first N visible devices (default: all)")
+    p.add_argument("--select", nargs="+", default=[], choices=RULES,
+                   help="rules that keep one seed per image without ground truth (fkp_jax.selection); results.md "
+                        "and selection.csv then compare them with the mean over seeds and the best seed")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (one process per host of a cluster; SLURM, Open "
                         "MPI, Kubernetes and cloud TPUs are detected, else give the next three)")
@@ -629,7 +701,7 @@ def check_outputs(plan, out: Path) -> None:
     cli.check_outputs(jobs, out)
     inputs = {p.resolve() for j in jobs for p in (j.lr, j.hr, j.gt_kernel) if p is not None}
     ours = [out.resolve() / name for name in ("runs", "checkpoints", "plots")]
-    files = {out.resolve() / name for name in ("results.csv", CONFIG_FILE, ".lock")}
+    files = {out.resolve() / name for name in ("results.csv", "selection.csv", CONFIG_FILE, ".lock")}
     clash = [p for p in inputs if p in files or any(p.is_relative_to(d) for d in ours)]
     if clash:
         raise StudyError(f"refusing to write over an input file: {clash[0]}; choose another --out")
@@ -686,8 +758,11 @@ def main(argv=None) -> int:
                 return 0
             tables, rows = collect(plan, opts.seeds, store)
             command = "python -m experiments.study " + shlex.join(sys.argv[1:] if argv is None else argv)
-            text = markdown(tables, command, opts.seeds)
+            selected = selections(tables, opts.seeds, store, opts.select) if opts.select else []
+            text = markdown(tables, command, opts.seeds, selected)
             io.write_text(opts.out / "results.csv", csv_text(rows))
+            if selected:
+                io.write_text(opts.out / "selection.csv", csv_text(selected, SELECTION_COLUMNS))
             write_plots(tables, opts.seeds, store)
             io.write_text(opts.out / "results.md", text)
     except (ValueError, FileNotFoundError, OSError) as exc:

@@ -53,7 +53,8 @@ def env(tmp_path_factory):
 
 def toy_argv(dataset, out):
     return ["--method", "study_toy", "--dataset", str(dataset), "--seeds", "3", "--iters", "200",
-            "--record-every", "20", "--checkpoint-every", "50", "--out", str(out)]
+            "--record-every", "20", "--checkpoint-every", "50", "--out", str(out),
+            "--select", "best-fit", "consensus", "early-consensus"]
 
 
 def spawn(argv, env, **kw):
@@ -106,6 +107,16 @@ def test_report_files(reference):
         assert list(r["record_t"]) == list(range(20, 201, 20)) and r["record_kernels"].shape == (10, 11, 11)
         assert meta["kernel_psnr"] == pytest.approx(r["record_kernel_psnr"][-1])
     assert json.loads((reference / "study.json").read_text())["runs"]["study_toy_x2"]["iters"] == 200
+    # --select: one kept seed per image and rule, from what a run without ground truth has
+    picks = read_csv(reference / "selection.csv")
+    assert {(r["image"], r["rule"]) for r in picks} == {
+        (i, rule) for i in "abc" for rule in ("mean", "oracle", "best-fit", "consensus", "early-consensus")}
+    for image in "abc":
+        seeds = [r for r in rows if r["image"] == image]
+        best_fit = next(r for r in picks if r["image"] == image and r["rule"] == "best-fit")
+        assert int(best_fit["seed"]) == int(np.argmin([float(r["lr_error"]) for r in seeds]))
+        assert float(best_fit["kernel_psnr"]) == pytest.approx(float(seeds[int(best_fit["seed"])]["kernel_psnr"]))
+    assert "### Selection without ground truth: Toy x2" in md
     assert not list(reference.rglob(".*.tmp")) and not list((reference / "checkpoints").rglob("*/*"))
 
 
