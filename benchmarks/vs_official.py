@@ -133,6 +133,21 @@ def _pin(threads: int) -> list[int] | None:
     return cpus
 
 
+def record_loop_steps(module) -> list[float]:
+    """Replace ``module.tqdm.tqdm`` (the official training loop's progress bar) by a generator that appends
+    ``time.perf_counter()`` at every step and at the end: the interval between two stamps is one loop pass."""
+    stamps: list[float] = []
+
+    def timed(iterable, *a, **kw):
+        for x in iterable:
+            stamps.append(time.perf_counter())
+            yield x
+        stamps.append(time.perf_counter())
+
+    module.tqdm = types.SimpleNamespace(tqdm=timed)
+    return stamps
+
+
 def child_official(root: Path, h: int, w: int, threads: int, warmup: int, iters: int) -> dict:
     pinned = _pin(threads)
     import numpy as np
@@ -154,15 +169,7 @@ def child_official(root: Path, h: int, w: int, threads: int, warmup: int, iters:
     from config.configs import Config  # DIR/DIPFKP/config/configs.py
     import model.model as official  # DIR/DIPFKP/model/model.py
 
-    stamps: list[float] = []
-
-    def timed(iterable, *a, **kw):
-        for x in iterable:
-            stamps.append(time.perf_counter())
-            yield x
-        stamps.append(time.perf_counter())
-
-    official.tqdm = types.SimpleNamespace(tqdm=timed)
+    stamps = record_loop_steps(official)
 
     conf = Config().parser.parse_args([])  # the official defaults, without parse()'s torch.cuda.set_device
     k = min(SF * 4 + 3, 21)
@@ -397,15 +404,7 @@ def child_official_dkp(root: Path, h: int, w: int, threads: int, warmup: int, it
     import model.model as official  # DIR/DIPDKP/DIPDKP/model/model.py
     from model.util import im2tensor01, read_image
 
-    stamps: list[float] = []
-
-    def timed(iterable, *a, **kw):
-        for x in iterable:
-            stamps.append(time.perf_counter())
-            yield x
-        stamps.append(time.perf_counter())
-
-    official.tqdm = types.SimpleNamespace(tqdm=timed)
+    stamps = record_loop_steps(official)
 
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
