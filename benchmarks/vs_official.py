@@ -133,6 +133,19 @@ def _pin(threads: int) -> list[int] | None:
     return cpus
 
 
+def redirect_cuda_to_cpu(torch) -> None:
+    """From outside the official code: ``torch.load`` maps CUDA checkpoints to the CPU, ``.cuda()`` of
+    tensors and modules is the identity (see the module docstring)."""
+    torch_load = torch.load
+
+    def load_on_cpu(f, map_location=None, *a, **kw):
+        return torch_load(f, "cpu", *a, **kw)
+
+    torch.load = load_on_cpu
+    torch.Tensor.cuda = lambda self, *a, **kw: self
+    torch.nn.Module.cuda = lambda self, *a, **kw: self
+
+
 def record_loop_steps(module) -> list[float]:
     """Replace ``module.tqdm.tqdm`` (the official training loop's progress bar) by a generator that appends
     ``time.perf_counter()`` at every step and at the end: the interval between two stamps is one loop pass."""
@@ -157,14 +170,7 @@ def child_official(root: Path, h: int, w: int, threads: int, warmup: int, iters:
     sys.path[:0] = [str(root / "DIPFKP"), str(root)]  # as DIPFKP/main.py sees them (run from DIPFKP/)
 
     # CUDA -> CPU, from outside (see the module docstring).
-    torch_load = torch.load
-
-    def load_on_cpu(f, map_location=None, *a, **kw):
-        return torch_load(f, "cpu", *a, **kw)
-
-    torch.load = load_on_cpu
-    torch.Tensor.cuda = lambda self, *a, **kw: self
-    torch.nn.Module.cuda = lambda self, *a, **kw: self
+    redirect_cuda_to_cpu(torch)
 
     from config.configs import Config  # DIR/DIPFKP/config/configs.py
     import model.model as official  # DIR/DIPFKP/model/model.py
@@ -254,14 +260,7 @@ def child_official_kernelgan(root: Path, h: int, w: int, threads: int, warmup: i
 
     torch.set_num_threads(threads)
     sys.path[:0] = [str(root / "KernelGANFKP"), str(root)]  # as KernelGANFKP/main.py sees them
-    torch_load = torch.load
-
-    def load_on_cpu(f, map_location=None, *a, **kw):
-        return torch_load(f, "cpu", *a, **kw)
-
-    torch.load = load_on_cpu
-    torch.Tensor.cuda = lambda self, *a, **kw: self
-    torch.nn.Module.cuda = lambda self, *a, **kw: self
+    redirect_cuda_to_cpu(torch)
 
     from config.configs_FKP import Config_FKP  # DIR/KernelGANFKP/config/configs_FKP.py
     from dataloader.dataloader_FKP import DataGenerator_FKP
