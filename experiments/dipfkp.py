@@ -97,10 +97,10 @@ def study(args, seed_mode=None, prior=None):
     config = dipfkp.DIPFKPConfig(sf=args.sf, iters=args.iters)
     runner = dipfkp.make_runner(prior, config, seeds=True, chunk=args.chunk, seed_mode=seed_mode or args.seed_mode)
 
-    def prepare(job, lr):
-        lr_batch = jnp.asarray(lr[None])
+    def prepare(job, lr):  # lr (H, W, 3), or (N, H, W, 3): one per seed (Method.batches_images)
+        lr_batch = jnp.asarray(lr[..., None, :, :, :])
         return cli.StudySolver(
-            init=lambda key: dipfkp.init_state(key, prior, lr.shape[:2], config),
+            init=lambda key: dipfkp.init_state(key, prior, lr.shape[-3:-1], config),
             advance=lambda state, n: runner(state, lr_batch, n)[:2],
             kernels=lambda state, out: out["kernel"], loss=lambda out: out["loss"],
             srs=lambda out: out["sr"][:, 0])
@@ -114,7 +114,7 @@ def method():
     return cli.Method(
         name="dipfkp", title="DIP-FKP", model="DIPFKP", scales=(2, 3, 4), priors=kernel_priors.PRIORS,
         default_dataset=DEFAULT_DATASET, default_iters=lambda args: 1000, kernel_size=kernels.kernel_size,
-        check_lr=check_lr, build=build, add_arguments=add_arguments, study=study,
+        check_lr=check_lr, build=build, add_arguments=add_arguments, study=study, batches_images=True,
         prior_help="fkp (DIP-FKP), mlp (Double-DIP) or softmax (DIPSoftmax)")
 
 

@@ -75,7 +75,9 @@ class StudySolver:
 
 # (options, seed_mode) -> prepare(job, lr) -> StudySolver. seed_mode None: the method's fastest driver on this
 # backend (e.g. a loop over seeds on CPU); "vmap": one batched computation over the seed axis (the study asks
-# for it when it shards the seeds over several devices); "loop": the seeds one after another.
+# for it when it shards the seeds over several devices); "loop": the seeds one after another. lr is one LR
+# image (H, W, 3), or, for a method with ``Method.batches_images``, one per batch row (N, H, W, 3) (the study
+# then batches the seeds of several images of one size; ``job`` is the first of them).
 StudyFactory = Callable[[argparse.Namespace, str | None], Callable[[Job, np.ndarray], StudySolver]]
 
 
@@ -99,6 +101,7 @@ class Method:
     other_models: tuple[str, ...] = ()  # folder prefixes also read when DIR has none of `model`
     study: StudyFactory | None = None  # the solver protocol for `python -m experiments.study` (optional)
     recorded_options: tuple[str, ...] = ()  # method options (argparse dests) written to metrics.json's config
+    batches_images: bool = False  # its study solver takes one LR image per batch row (images of one size batched)
 
     def title_for(self, prior: str) -> str:
         return self.title if prior == self.priors[0] else f"{self.title} ({prior} kernel prior)"

@@ -173,15 +173,18 @@ def step(state: State, lr, prior: KernelPrior, config: DIPFKPConfig):
     return new_state, out
 
 
-def make_step(prior: KernelPrior, config: DIPFKPConfig, seeds: bool = False) -> Callable:
-    """The jitted step ``(state, lr) -> (state, outputs)``; with seeds=True, vmapped over the state's leading axis.
+def over_seeds(fn: Callable) -> Callable:
+    """``fn(state, lr)`` vmapped over the state's leading seed axis; lr (1, H, W, 3) is shared by every seed,
+    or (N, 1, H, W, 3) gives each seed its own LR image (images of one size batched by a study)."""
+    return lambda state, lr: jax.vmap(fn, in_axes=(0, 0 if lr.ndim == 5 else None))(state, lr)
 
-    The input state is donated (its buffers are reused for the new state): do not read it afterwards.
+
+def make_step(prior: KernelPrior, config: DIPFKPConfig, seeds: bool = False) -> Callable:
+    """The jitted step ``(state, lr) -> (state, outputs)``; with seeds=True, vmapped over the state's leading axis
+    (`over_seeds`). The input state is donated (its buffers are reused for the new state): do not read it afterwards.
     """
     fn = lambda s, lr: step(s, lr, prior, config)
-    if seeds:
-        fn = jax.vmap(fn, in_axes=(0, None))
-    return jax.jit(fn, donate_argnums=0)
+    return jax.jit(over_seeds(fn) if seeds else fn, donate_argnums=0)
 
 
 def make_chunk(prior: KernelPrior, config: DIPFKPConfig, length: int, seeds: bool = False) -> Callable:
@@ -189,7 +192,7 @@ def make_chunk(prior: KernelPrior, config: DIPFKPConfig, length: int, seeds: boo
     with the outputs of the last iteration plus ``losses`` of all of them. Donates the input state."""
     one = lambda s, lr: step(s, lr, prior, config)
     if seeds:
-        one = jax.vmap(one, in_axes=(0, None))
+        one = over_seeds(one)
 
     def chunk(state, lr):
         state, out = one(state, lr)  # the first iteration outside the scan gives the carry its shapes
@@ -233,7 +236,7 @@ def make_runner(prior: KernelPrior, config: DIPFKPConfig, seeds: bool = False, c
     chunk = 1: a Python loop over the jitted step (the CPU default); chunk > 1: ``lax.scan`` over
     ``chunk`` iterations per dispatch (the accelerator default). With seeds=True the state has a
     leading seed axis, advanced either as one vmapped computation (seed_mode "vmap") or seed by seed
-    through the single-seed step ("loop"); see `default_seed_mode`. ``callback(t, outputs)`` is called
+    through the single-seed step ("loop"); see `default_seed_mode`; lr as in `over_seeds`. ``callback(t, outputs)`` is called
     after every dispatch with the number t of its last iteration (outputs with the seed axis; reading
     them synchronises with the device).
     """
@@ -258,7 +261,7 @@ def make_runner(prior: KernelPrior, config: DIPFKPConfig, seeds: bool = False, c
         while done < iters:
             n = min(chunk, iters - done)
             for i, s in enumerate(states):
-                states[i], outs[i] = fn(n)(s, lr)
+                states[i], outs[i] = fn(n)(s, lr[i] if looped and lr.ndim == 5 else lr)
             done += n
             if callback is not None:
                 callback(done, stack_states(outs) if looped else outs[0])

@@ -5,12 +5,15 @@
 
 The grid: runs (`Run`: a method, its kernel prior and a scale, with the method's own parsed options, as
 its command line would have them) x the images of the data set (`cli.find_jobs`) x seeds; restart i uses
-``fold_in(key(seed), i)``, as the method commands. The seeds of one image are one batch: one vmapped init
-makes their states with a leading seed axis, which `Placement` shards over every visible device (a
-one-axis `Mesh` "seeds" and ``NamedSharding(P("seeds"))``; the batch is padded to a multiple of the device
-count with extra seeds whose results are dropped). The method's jitted vmapped step then runs SPMD on the
-sharded state. On one device the method's own fastest driver runs instead (on CPU a loop over the seeds,
-`dipfkp.default_seed_mode`). A method plugs in through `cli.Method.study`, the solver protocol
+``fold_in(key(seed), i)``, as the method commands. The seeds of one image are one batch (`Batch`); when
+they run as one vmapped computation (several devices, ``--seed-mode vmap``, accelerators) and the method
+takes one LR image per row (`cli.Method.batches_images`: the DIP methods), consecutive images of one LR size
+join the batch, up to ``--max-batch`` (image, seed) rows. One vmapped init makes the rows' states with a
+leading axis, which `Placement` shards over every visible device (a one-axis `Mesh` "seeds" and
+``NamedSharding(P("seeds"))``; the batch is padded to a multiple of the device count with extra seeds whose
+results are dropped). The method's jitted vmapped step then runs SPMD on the sharded state. On one device
+the method's own fastest driver runs instead (on CPU a loop over the seeds, `dipfkp.default_seed_mode`),
+one image at a time. A method plugs in through `cli.Method.study`, the solver protocol
 `cli.StudySolver` (init / advance / kernels / loss / srs); this module knows no method by name: ``--method
 NAME`` loads ``experiments.NAME`` (or the module NAME) and calls its ``method()``. Options the study does not
 know go to every method's own parser (``--kernel-type motion`` for dipdkp); those a method records
@@ -21,7 +24,7 @@ name then renamed: ``runs/<run>/<image>/seed<i>.npz`` (final kernel, the kernels
 ``--record-every`` iterations, the final LR reconstruction error, metrics and configuration as JSON),
 written after its ``seed<i>_sr.png``. A restarted study skips every result on disk and recomputes only the
 missing seeds. Every ``--checkpoint-every`` iterations the solver state of a batch (and what it recorded
-so far) is saved with orbax (`fkp_jax.checkpoint`, atomic) to ``checkpoints/<run>/<image>/``; a restart
+so far) is saved with orbax (`fkp_jax.checkpoint`, atomic) to ``checkpoints/<run>/<batch>/``; a restart
 continues from it with the state's own key stream, to the same numbers as an uninterrupted run (bitwise on
 the same machine and driver); it is removed when the batch's results are written. ``study.json`` holds
 the configuration of every run made in the folder; a study whose run has a different one (iterations,
@@ -245,8 +248,8 @@ class Store:
     def sr(self, run: Run, image: str, seed: int, suffix: str = "sr") -> Path:
         return self.root / "runs" / run.key / image / f"seed{seed}_{suffix}.png"
 
-    def checkpoint(self, run: Run, image: str) -> Path:
-        return self.root / "checkpoints" / run.key / image
+    def checkpoint(self, run: Run, batch: str) -> Path:
+        return self.root / "checkpoints" / run.key / batch
 
     def done(self, run: Run, image: str, seed: int) -> bool:
         return self.result(run, image, seed).is_file()
@@ -294,7 +297,7 @@ class Store:
 
     # --- solver checkpoints (orbax): the state's leaves, flattened, typed keys as their raw data
 
-    def save_checkpoint(self, run: Run, image: str, state, record: dict, meta: dict) -> None:
+    def save_checkpoint(self, run: Run, batch: str, state, record: dict, meta: dict) -> None:
         import jax
 
         from fkp_jax import checkpoint
@@ -305,9 +308,9 @@ class Store:
         if record["t"]:
             variables["record"] = {k: np.asarray(v) for k, v in record.items()}
         if self.writer:
-            checkpoint.save(self.checkpoint(run, image), variables, meta, overwrite=True)
+            checkpoint.save(self.checkpoint(run, batch), variables, meta, overwrite=True)
 
-    def restore_checkpoint(self, run: Run, image: str, template, placement: Placement, meta: dict):
+    def restore_checkpoint(self, run: Run, batch: str, template, placement: Placement, meta: dict):
         """(state, record, saved meta) from the checkpoint of this batch, or None when there is none that fits
         (another configuration, other seeds or another state structure). ``template()``: the state's
         structure (`jax.eval_shape`), asked for only when there is a checkpoint."""
@@ -315,7 +318,7 @@ class Store:
 
         from fkp_jax import checkpoint
 
-        path = self.checkpoint(run, image)
+        path = self.checkpoint(run, batch)
         if not path.is_dir():
             return None
         try:
@@ -343,9 +346,11 @@ class Store:
                   "loss": list(rec.get("loss", []))}
         return jax.tree.unflatten(treedef, leaves), record, saved
 
-    def drop_checkpoint(self, run: Run, image: str) -> None:
+    def drop_checkpoint(self, run: Run, batch: str | None = None) -> None:
+        """Remove a batch's checkpoint (batch None: every checkpoint of the run)."""
         if self.writer:
-            shutil.rmtree(self.checkpoint(run, image), ignore_errors=True)
+            shutil.rmtree(self.checkpoint(run, batch) if batch else self.root / "checkpoints" / run.key,
+                          ignore_errors=True)
 
 
 def _is_key(x) -> bool:
@@ -383,44 +388,101 @@ def solver_factory(run: Run, seed_mode: str | None):
 
 
 
-def solve_image(run: Run, job: cli.Job, todo: list[int], prepare, placement: Placement, store: Store,
-                checkpoint_every: int, nonblind) -> None:
-    """Solve the seeds ``todo`` of one image as one batch; write each seed's result when the batch ends."""
-    lr = cli.read_lr(run.method, job, run.args)
-    gt = cli.read_gt_kernel(job, run.method.kernel_size(run.sf))
-    solver = prepare(job, lr)
-    seeds = todo + list(range(run.args.seeds, run.args.seeds + placement.padded(len(todo)) - len(todo)))  # + padding
-    state, out, record, seconds = run_batch(run, job, solver, seeds, len(todo), gt, placement, store, checkpoint_every)
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """What one computation solves: rows (image index, seed), the seeds of one image or of several images of one
+    size (a method with ``batches_images``), padded to the device count with seeds beyond the study's."""
+
+    jobs: tuple[cli.Job, ...]
+    rows: tuple[tuple[int, int], ...]
+    n_real: int
+
+    @classmethod
+    def of(cls, run: Run, todo: list[tuple[cli.Job, list[int]]], placement: Placement) -> Batch:
+        rows = [(j, s) for j, (_, seeds) in enumerate(todo) for s in seeds]
+        pad = placement.padded(len(rows)) - len(rows)
+        rows += [(len(todo) - 1, run.args.seeds + i) for i in range(pad)]
+        return cls(tuple(job for job, _ in todo), tuple(rows), len(rows) - pad)
+
+    @property
+    def name(self) -> str:
+        """The first image's name (+ the number of others): the checkpoint folder and the progress label."""
+        return self.jobs[0].name + (f"+{len(self.jobs) - 1}" if len(self.jobs) > 1 else "")
+
+    @property
+    def seeds(self) -> list[int]:
+        return [s for _, s in self.rows]
+
+
+def batches(run: Run, todo: list[tuple[cli.Job, list[int]]], shapes: dict[tuple[str, str], tuple], placement: Placement,
+            max_rows: int) -> list[Batch]:
+    """The batches of a run: an image's seeds together; when the seeds are one vmapped computation and the
+    method batches images, consecutive images of one LR size share a batch of at most ``max_rows`` rows."""
+    together = run.method.batches_images and placement.seed_mode == "vmap"
+    groups: list[list[tuple[cli.Job, list[int]]]] = []
+    for job, seeds in todo:
+        g = groups[-1] if groups else None
+        if (together and g and shapes[run.key, g[0][0].name] == shapes[run.key, job.name]
+                and sum(len(x) for _, x in g) + len(seeds) <= max_rows):
+            g.append((job, seeds))
+        else:
+            groups.append([(job, seeds)])
+    return [Batch.of(run, g, placement) for g in groups]
+
+
+def solve_batch(run: Run, batch: Batch, prepare, placement: Placement, store: Store, checkpoint_every: int,
+                nonblind) -> None:
+    """Solve the rows of one batch as one computation; write each (image, seed) result when the batch ends."""
+    lrs = [cli.read_lr(run.method, job, run.args) for job in batch.jobs]
+    gts = [cli.read_gt_kernel(job, run.method.kernel_size(run.sf)) for job in batch.jobs]
+    lr = lrs[0] if len(lrs) == 1 else np.stack([lrs[j] for j, _ in batch.rows])
+    solver = prepare(batch.jobs[0], lr)
+    state, out, record, seconds = run_batch(run, batch, solver, [gts[j] for j, _ in batch.rows], placement, store,
+                                            checkpoint_every)
     if store.writer:
-        write_results(run, job, todo, solver, state, out, record, seconds, lr, gt, nonblind, placement, store)
-    store.drop_checkpoint(run, job.name)
+        n = batch.n_real
+        kernels = Placement.host(solver.kernels(state, out)).astype(np.float32)[:n]
+        srs = None if solver.srs is None else Placement.host(solver.srs(out))[:n]
+        loss = Placement.host(solver.loss(out))[:n]
+        record = {"t": np.asarray(record["t"], np.int32), "kernels": np.asarray(record["kernels"], np.float32)[:, :n],
+                  "loss": np.asarray(record["loss"], np.float32)[:, :n]}
+        for j, job in enumerate(batch.jobs):
+            idx = [r for r, (i, _) in enumerate(batch.rows[:n]) if i == j]
+            write_results(run, job, [batch.rows[r][1] for r in idx], kernels[idx],
+                          None if srs is None else srs[idx], loss[idx],
+                          {"t": record["t"], "kernels": record["kernels"][:, idx], "loss": record["loss"][:, idx]},
+                          seconds / n, lrs[j], gts[j], nonblind, placement, store)
+    store.drop_checkpoint(run, batch.name)
 
 
-def run_batch(run: Run, job: cli.Job, solver: cli.StudySolver, seeds: list[int], n_real: int, gt, placement: Placement,
-              store: Store, checkpoint_every: int):
-    """Advance the batch of ``seeds`` (the first ``n_real`` are results, the rest padding) from a fresh state or
-    its checkpoint to the last iteration, recording every ``run.record_every`` and saving every
-    ``checkpoint_every`` iterations -> (state, last outputs, record {t, kernels, loss}, seconds)."""
+def run_batch(run: Run, batch: Batch, solver: cli.StudySolver, gts: list, placement: Placement, store: Store,
+              checkpoint_every: int):
+    """Advance the batch from a fresh state or its checkpoint to the last iteration, recording every
+    ``run.record_every`` and saving every ``checkpoint_every`` iterations -> (state, last outputs,
+    record {t, kernels, loss}, seconds). ``gts``: per row the ground-truth kernel or None (the progress bar)."""
     import jax
     from tqdm import tqdm
 
     from fkp_jax import metrics
 
-    iters, every = run.args.iters, run.record_every
-    keys = seed_keys(run.args.seed, seeds)
-    meta = {"config": run.config, "seeds": seeds}
+    iters, every, n_real = run.args.iters, run.record_every, batch.n_real
+    keys = seed_keys(run.args.seed, batch.seeds)
+    meta = {"config": run.config, "seeds": batch.seeds}
+    if len(batch.jobs) > 1:
+        meta["images"] = [batch.jobs[j].name for j, _ in batch.rows]
     template = (lambda: jax.eval_shape(jax.vmap(solver.init), keys)) if solver.traceable_init else (
         lambda: placement.init(solver, keys))
-    resumed = (store.restore_checkpoint(run, job.name, template, placement, meta)
+    resumed = (store.restore_checkpoint(run, batch.name, template, placement, meta)
                if checkpoint_every and store.writer else None)
     if resumed is None:
         state, record, t, seconds = placement.init(solver, keys), {"t": [], "kernels": [], "loss": []}, 0, 0.0
     else:
         state, record, saved = resumed
         t, seconds = int(saved["t"]), float(saved["seconds"])
-        print(f"note: {run.key} {job.name}: resumed from the checkpoint at iteration {t}", file=sys.stderr)
+        print(f"note: {run.key} {batch.name}: resumed from the checkpoint at iteration {t}", file=sys.stderr)
 
-    bar = tqdm(total=iters, initial=t, desc=f"{run.key} {job.name} [{n_real} seeds]", unit="it",
+    label = f"{n_real} seeds" if len(batch.jobs) == 1 else f"{len(batch.jobs)} images, {n_real} rows"
+    bar = tqdm(total=iters, initial=t, desc=f"{run.key} {batch.name} [{label}]", unit="it",
                leave=True, dynamic_ncols=True, file=sys.stderr)
     out = None
     start = time.perf_counter()
@@ -437,38 +499,33 @@ def run_batch(run: Run, job: cli.Job, solver: cli.StudySolver, seeds: list[int],
             record["kernels"].append(kernels)
             record["loss"].append(loss)
             post = {"loss": f"{float(np.mean(loss[:n_real])):.5f}"}
-            if gt is not None:
-                post["kPSNR"] = f"{np.mean([metrics.kernel_psnr(gt, k) for k in kernels[:n_real]]):.2f}"
+            if all(gt is not None for gt in gts[:n_real]):
+                post["kPSNR"] = f"{np.mean([metrics.kernel_psnr(g, k) for g, k in zip(gts, kernels[:n_real])]):.2f}"
             bar.set_postfix(post)
         if checkpoint_every and t % checkpoint_every == 0 and t < iters:
-            store.save_checkpoint(run, job.name, state, record, {
+            store.save_checkpoint(run, batch.name, state, record, {
                 **meta, "t": t, "seconds": seconds + time.perf_counter() - start})
     bar.close()
     if out is None:  # a checkpoint is never saved at the last iteration
-        raise StudyError(f"{store.checkpoint(run, job.name)}: a finished checkpoint; remove it")
+        raise StudyError(f"{store.checkpoint(run, batch.name)}: a finished checkpoint; remove it")
     return state, out, record, seconds + time.perf_counter() - start
 
 
-def write_results(run: Run, job: cli.Job, todo: list[int], solver: cli.StudySolver, state, out, record: dict,
+def write_results(run: Run, job: cli.Job, seeds: list[int], kernels: np.ndarray, srs, loss: np.ndarray, record: dict,
                   seconds: float, lr, gt, nonblind, placement: Placement, store: Store) -> None:
-    """Metrics of the seeds ``todo`` from the batch's final state; one result file per seed (SR image first)."""
+    """Metrics of one image's ``seeds`` from the host arrays of their rows (kernels (N, k, k), SR images or None,
+    final losses, record {t, kernels (R, N, k, k), loss (R, N)}); one result file per seed (SR image first)."""
     from fkp_jax import io, metrics
 
-    n = len(todo)
-    kernels = Placement.host(solver.kernels(state, out)).astype(np.float32)[:n]
-    srs = None if solver.srs is None else Placement.host(solver.srs(out))[:n]
-    loss = Placement.host(solver.loss(out))[:n]
-    rec_t = np.asarray(record["t"], np.int32)
-    rec_k = np.asarray(record["kernels"], np.float32)[:, :n]
-    rec_loss = np.asarray(record["loss"], np.float32)[:, :n]
     image_results, srs_u8, srs_usr = cli.sr_outputs(run.method, job, run.args, lr, kernels, srs, nonblind)
     lr_err = lr_errors(lr, kernels, srs if srs is not None else None if srs_u8 is None else srs_u8 / 255.0, run.sf)
-    for j, seed in enumerate(todo):
+    for j, seed in enumerate(seeds):
         result = {key: values[j] for key, values in image_results.items()}
-        arrays = {"kernel": kernels[j], "record_t": rec_t, "record_kernels": rec_k[:, j], "record_loss": rec_loss[:, j]}
+        arrays = {"kernel": kernels[j], "record_t": record["t"], "record_kernels": record["kernels"][:, j],
+                  "record_loss": record["loss"][:, j]}
         if gt is not None:
             result["kernel_psnr"] = metrics.kernel_psnr(gt, kernels[j])
-            arrays["record_kernel_psnr"] = np.asarray([metrics.kernel_psnr(gt, k) for k in rec_k[:, j]])
+            arrays["record_kernel_psnr"] = np.asarray([metrics.kernel_psnr(gt, k) for k in record["kernels"][:, j]])
             arrays["gt_kernel"] = gt.astype(np.float32)
         if srs_u8 is not None:
             io.write_image_u8(store.sr(run, job.name, seed), srs_u8[j])
@@ -477,9 +534,8 @@ def write_results(run: Run, job: cli.Job, todo: list[int], solver: cli.StudySolv
         store.write_result(run, job.name, seed, {
             "run": run.key, "method": run.method.name, "kernel_prior": run.prior, "sf": run.sf, "image": job.name,
             "seed": seed, "config": run.config, "final_loss": float(loss[j]),
-            "lr_error": None if lr_err is None else lr_err[j], "seconds": seconds / n,
+            "lr_error": None if lr_err is None else lr_err[j], "seconds": seconds,
             "devices": len(placement.devices), "seed_mode": placement.seed_mode, **result}, arrays)
-
 
 def lr_errors(lr: np.ndarray, kernels: np.ndarray, srs, sf: int) -> list[float] | None:
     """Per seed the final LR reconstruction error: MSE between the LR image and the SR image degraded by the
@@ -667,6 +723,10 @@ def parse_args(argv) -> argparse.Namespace:
                    help="on one device: the seeds one after another or as one vmapped computation (default: "
                         "the method's choice for the backend); several devices always vmap and shard")
     p.add_argument("--devices", type=int, default=None, help="use the first N visible devices (default: all)")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="when the seeds are one vmapped computation (several devices, --seed-mode vmap, accelerators): "
+                        "images of one size share a batch of at most N (image, seed) rows (default 32; an image's "
+                        "seeds always share one)")
     p.add_argument("--select", nargs="+", default=[], choices=RULES,
                    help="rules that keep one seed per image without ground truth (fkp_jax.selection); results.md "
                         "and selection.csv then compare them with the mean over seeds and the best seed")
@@ -682,7 +742,7 @@ def parse_args(argv) -> argparse.Namespace:
 
 
 def check_options(opts) -> None:
-    for name in ("seeds", "record_every"):
+    for name in ("seeds", "record_every", "max_batch"):
         if getattr(opts, name) < 1:
             raise StudyError(f"--{name.replace('_', '-')} must be positive")
     if opts.iters is not None and opts.iters < 1:
@@ -721,9 +781,10 @@ def main(argv=None) -> int:
         runs = make_runs(opts)
         plan = [(run, cli.find_jobs(run.method, run.args)) for run in runs]
         check_outputs(plan, opts.out)
+        shapes = {}
         for run, jobs in plan:  # every image checked before anything runs
             for job in jobs:
-                cli.read_lr(run.method, job, run.args)
+                shapes[run.key, job.name] = cli.read_lr(run.method, job, run.args).shape
                 cli.read_gt_kernel(job, run.method.kernel_size(run.sf))
 
         from fkp_jax import io, runtime
@@ -745,15 +806,18 @@ def main(argv=None) -> int:
                   f"{'sharded over the devices' if placement.sharded else placement.seed_mode or 'as the method chooses'}",
                   file=sys.stderr)
             for run, jobs in plan:
-                prepare, nonblind = None, None
+                todo = []
                 for job in jobs:
-                    todo = [s for s in range(opts.seeds) if not store.done(run, job.name, s)]
-                    if not todo:
+                    seeds = [s for s in range(opts.seeds) if not store.done(run, job.name, s)]
+                    if seeds:
+                        todo.append((job, seeds))
+                    else:
                         print(f"skip: {run.key} {job.name}: all {opts.seeds} seeds done", file=sys.stderr)
-                        continue
-                    if prepare is None:
-                        prepare, nonblind = solver_factory(run, placement.seed_mode), cli.make_nonblind(run.args)
-                    solve_image(run, job, todo, prepare, placement, store, checkpoint_every, nonblind)
+                if todo:
+                    prepare, nonblind = solver_factory(run, placement.seed_mode), cli.make_nonblind(run.args)
+                    for batch in batches(run, todo, shapes, placement, opts.max_batch):
+                        solve_batch(run, batch, prepare, placement, store, checkpoint_every, nonblind)
+                store.drop_checkpoint(run)  # (any left by batches of an earlier, differently grouped start)
             if not store.writer:  # (process 0 of a cluster reports)
                 return 0
             tables, rows = collect(plan, opts.seeds, store)

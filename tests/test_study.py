@@ -121,16 +121,31 @@ def test_report_files(reference):
 
 
 def test_same_results_on_four_devices(dataset, reference, tmp_path, env):
-    """4 host devices: the seed batch (3, padded to 4) sharded over them gives the same kernel PSNR per seed."""
+    """4 host devices: the three equal-size images are one batch (3 x 3 seeds, padded to 12 rows), sharded over
+    them; the same kernel PSNR per (image, seed) as the one-device loop over the seeds of one image at a time."""
     out = tmp_path / "four"
     _, err = run_ok(toy_argv(dataset, out), {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
-    assert "4 device(s)" in err and "sharded" in err
+    assert "4 device(s)" in err and "sharded" in err and "a+2 [3 images, 9 rows]" in err
     ours, theirs = read_csv(out / "results.csv"), read_csv(reference / "results.csv")
     assert [(r["image"], r["seed"]) for r in ours] == [(r["image"], r["seed"]) for r in theirs]
     np.testing.assert_allclose([float(r["kernel_psnr"]) for r in ours], [float(r["kernel_psnr"]) for r in theirs],
                                rtol=0, atol=1e-3)
     with np.load(out / "runs" / "study_toy_x2" / "b" / "seed2.npz") as r:
         assert json.loads(str(r["meta"]))["devices"] == 4
+
+
+def test_images_of_one_size_batched_up_to_max_batch(dataset, reference, tmp_path, capsys):
+    """One device, --seed-mode vmap --max-batch 6: images a and b share a batch (6 rows), c runs alone; every
+    (image, seed) result is the one of the per-image loop."""
+    out = tmp_path / "vmap"
+    assert study.main(toy_argv(dataset, out) + ["--seed-mode", "vmap", "--max-batch", "6"]) == 0
+    err = capsys.readouterr().err
+    assert "a+1 [2 images, 6 rows]" in err and "c [3 seeds]" in err
+    ours, theirs = read_csv(out / "results.csv"), read_csv(reference / "results.csv")
+    assert [(r["image"], r["seed"]) for r in ours] == [(r["image"], r["seed"]) for r in theirs]
+    np.testing.assert_allclose([float(r["kernel_psnr"]) for r in ours], [float(r["kernel_psnr"]) for r in theirs],
+                               rtol=0, atol=1e-3)
+    assert not (out / "checkpoints" / "study_toy_x2").exists()
 
 
 def test_sigkill_and_resume(dataset, reference, tmp_path, env):
@@ -245,3 +260,31 @@ def test_checkpoint_resume_dip_equals_uninterrupted(dataset, tmp_path, capsys, m
             for key in ("kernel_psnr", "psnr_y", "ssim_y", "lr_error", "final_loss"):
                 assert mc[key] == mw[key], key
     assert not list((tmp_path / "cut" / "checkpoints").rglob("*/*"))
+
+
+def test_dip_images_batched_per_row_equal_each_image_alone(dataset):
+    """The DIP study solver (`cli.Method.batches_images`) with one LR image per row: two images in one vmapped
+    batch give each image's own numbers (the looped single-seed step on that image): the iteration-1 loss
+    (which depends on the row's LR image) and the kernel of iteration 2 (moved by that loss's gradient), to
+    float32 rounding. (Later iterations are chaotic: Adam's first step is lr * sign(gradient).)"""
+    import jax
+
+    from experiments import dipfkp as dipfkp_cmd
+    from fkp_jax import cli, io
+
+    method = dipfkp_cmd.method()
+    args = cli.parse_args(method, ["--sf", "2", "--kernel-prior", "mlp", "--iters", "2"])
+    lrs = np.stack([io.read_image(next((dataset / "DIPFKP_lr_x2").glob(f"{n}.*"))) for n in "ab"])
+    keys = study.seed_keys(0, [0, 0])
+    job = cli.Job("a", Path("a.png"), None, None)
+    results = []
+    for mode in ("vmap", "loop"):
+        solver = method.study(args, mode)(job, lrs)
+        state, first = solver.advance(jax.vmap(solver.init)(keys), 1)
+        state, second = solver.advance(state, 1)
+        results.append((np.asarray(solver.loss(first)), np.asarray(solver.kernels(state, second))))
+    (loss_batched, k_batched), (loss_alone, k_alone) = results
+    np.testing.assert_allclose(loss_batched, loss_alone, rtol=1e-5)
+    np.testing.assert_allclose(k_batched, k_alone, rtol=0, atol=1e-7)
+    assert abs(loss_batched[0] - loss_batched[1]) > 1e-4  # same seed, so the rows differ only by their image
+    assert not np.allclose(k_batched[0], k_batched[1], rtol=0, atol=1e-6)
