@@ -1,0 +1,97 @@
+"""Score FKP priors by what they do: DIP-FKP kernel PSNR (mean and worst restart) on a development set.
+
+    python -m benchmarks.prior_score                                     # ours, x2 x3 x4, devset, 5 seeds
+    python -m benchmarks.prior_score --prior ours official=results/fkp_official_x{sf} --sf 2 4
+    python -m benchmarks.prior_score --prior seed2=runs/fkp_seed2_x{sf} --iters 300 --seeds 3
+
+Validation NLL ranks priors by how well they model kernels; a user cares about the kernel DIP-FKP reaches
+with them (issue 7). Each prior (``ours``: the shipped `weights/`; ``LABEL=PATH``: an orbax checkpoint, ``{sf}``
+in PATH replaced by the scale, e.g. the official FKP_x*.pt converted with ``python -m fkp_jax.convert``) runs
+one study per scale (`fkp_jax.study`: ``--method dipfkp --weights PATH``) into ``OUT/LABEL/``, so a killed
+scoring resumes where it stopped and a finished one is only re-read. Default data: `benchmarks/data/devset`
+(never the bundled default). The table (``OUT/score.md``, also printed) has per prior and scale the mean
+kernel PSNR over images and seeds, the worst restart, the mean over images of each image's worst restart and
+the mean PSNR-Y of the DIP output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DEVSET = Path(__file__).resolve().parent / "data" / "devset"
+
+
+def parse_prior(spec: str) -> tuple[str, str | None]:
+    """``ours`` -> ("ours", None); ``LABEL=PATH`` -> (LABEL, PATH with an optional {sf})."""
+    if spec == "ours":
+        return spec, None
+    label, sep, path = spec.partition("=")
+    if not sep or not label or not path or not label.replace("-", "_").isidentifier():
+        raise ValueError(f"--prior {spec!r}: give ours or LABEL=PATH (PATH may hold {{sf}})")
+    return label, path
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per-seed study rows (results.csv) of one prior and scale -> the score's numbers."""
+    psnr = np.asarray([float(r["kernel_psnr"]) for r in rows])
+    images = sorted({r["image"] for r in rows})
+    worst_per_image = [min(float(r["kernel_psnr"]) for r in rows if r["image"] == i) for i in images]
+    y = [float(r["psnr_y"]) for r in rows if r.get("psnr_y")]
+    return {"images": len(images), "seeds": len(rows) // max(len(images), 1), "mean": float(psnr.mean()),
+            "std": float(psnr.std()), "worst": float(psnr.min()), "mean_worst": float(np.mean(worst_per_image)),
+            "psnr_y": float(np.mean(y)) if y else None}
+
+
+def table(scores: list[tuple[str, int, dict]]) -> list[str]:
+    lines = ["| prior | scale | images x seeds | kernel PSNR mean ± std (dB) | worst restart | mean of per-image "
+             "worst | PSNR-Y (dB) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, sf, s in scores:
+        y = "-" if s["psnr_y"] is None else f"{s['psnr_y']:.2f}"
+        lines.append(f"| {label} | x{sf} | {s['images']} x {s['seeds']} | {s['mean']:.2f} ± {s['std']:.2f} | "
+                     f"{s['worst']:.2f} | {s['mean_worst']:.2f} | {y} |")
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.prior_score", description=__doc__.split("\n")[0])
+    p.add_argument("--prior", nargs="+", default=["ours"], help="ours and/or LABEL=PATH (PATH may hold {sf})")
+    p.add_argument("--sf", nargs="+", type=int, default=[2, 3, 4])
+    p.add_argument("--dataset", type=Path, default=DEVSET, help="data set (default benchmarks/data/devset)")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--iters", type=int, default=None, help="DIP iterations (default DIP-FKP's 1000)")
+    p.add_argument("--out", type=Path, default=Path("results/prior_score"))
+    args = p.parse_args(argv)
+    from fkp_jax import io, study
+
+    try:
+        priors = [parse_prior(spec) for spec in args.prior]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    scores = []
+    for label, path in priors:
+        for sf in args.sf:
+            argv_study = ["--method", "dipfkp", "--sf", str(sf), "--dataset", str(args.dataset), "--seeds",
+                          str(args.seeds), "--out", str(args.out / label)]
+            argv_study += [] if path is None else ["--weights", path.replace("{sf}", str(sf))]
+            argv_study += [] if args.iters is None else ["--iters", str(args.iters)]
+            if study.main(argv_study) != 0:
+                return 2
+            with open(args.out / label / "results.csv", newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r["run"] == f"dipfkp_x{sf}"]
+            scores.append((label, sf, summarise(rows)))
+    lines = ["# Prior score: DIP-FKP kernel PSNR on " + str(args.dataset), "",
+             "Command: `python -m benchmarks.prior_score " + " ".join(sys.argv[1:] if argv is None else argv) + "`",
+             "", *table(scores), ""]
+    io.write_text(args.out / "score.md", "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
