@@ -8,6 +8,8 @@ Command line (the model is recognised by the state dict's keys; ``--model`` insi
 
     python -m fkp_jax.convert SRC.pt DEST_DIR     # e.g. FKP_x4.pt -> orbax checkpoint for load_prior
     python -m fkp_jax.convert usrnet_tiny.pth DEST_DIR   # -> orbax checkpoint for usrnet.load_usrnet
+    python -m fkp_jax.convert latest_G.pth DEST_DIR      # KULNet (x2/x3/x4) -> kulnet.load_kulnet
+    python -m fkp_jax.convert 256x256_diffusion.pt DEST_DIR   # ADM UNet (or its classifier), streamed -> adm.load_adm
 """
 
 from __future__ import annotations
@@ -131,6 +133,45 @@ def usrnet_params_from_torch(path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# KULNet (KULNET_SPEC 1-2; the key mapping lives in fkp_jax.kulnet)
+
+
+def kulnet_params_from_torch(path) -> dict:
+    """Read an official KULNet latest_G.pth (x2 / x3 / x4 share one layout) -> ``fkp_jax.kulnet`` params."""
+    from fkp_jax import kulnet
+
+    return kulnet.params_from_state_dict(_model_state(path), where=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# guided-diffusion ADM UNet / noisy-image classifier (DKP_SPEC 8; golden_diffdkp README 3; key map in fkp_jax.adm)
+
+
+def adm_params_from_torch(path, config=None) -> tuple[dict, object]:
+    """Read 256x256_diffusion.pt or 256x256_classifier.pt (or the golden tiny ones) tensor by tensor (peak memory
+    ~ the converted params + the largest tensor) -> (``fkp_jax.adm`` params, config)."""
+    from fkp_jax import adm
+
+    return adm.load_adm(Path(path), config)
+
+
+def _convert_adm(src, dest: Path, required: bool) -> str | None:
+    """Convert ``src`` if it is an ADM UNet / classifier state dict (streamed); None if it is not (unless required)."""
+    from fkp_jax import adm
+
+    sd = load_state_dict(src, lazy=True)
+    if not adm.is_adm_state_dict(sd):
+        if required:
+            raise ConvertError(f"{src}: not a guided-diffusion ADM state dict (no 'time_embed.0.weight' / "
+                               "'input_blocks.*' keys)")
+        return None
+    config = adm.detect_config(sd, str(src))
+    params = adm.params_from_state_dict(sd, config, where=str(src))
+    adm.save_adm(params, config, dest)
+    return f"{adm.model_name(config)} ({adm.count_params(params)} parameters, image size {config.image_size})"
+
+
+# --------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -140,15 +181,24 @@ def _convert(src, dest: Path, model: str) -> str:
 
     if dest.exists():
         raise FileExistsError(f"destination already exists: {dest}")
+    if model in ("auto", "adm") and (what := _convert_adm(src, dest, required=model == "adm")):
+        return what
     sd = _model_state(src)
+    from fkp_jax import kulnet
+
     if model == "auto":
         if usrnet.is_usrnet_state_dict(sd):
             model = "usrnet"
+        elif kulnet.is_kulnet_state_dict(sd):
+            model = "kulnet"
         elif "kernel_size" in sd:
             model = "fkp"
         else:
-            raise ConvertError(f"{src}: not an FKP state dict (no 'kernel_size' buffer) and not a USRNet one "
-                               "(no 'p.m_*' / 'h.mlp.*' keys)")
+            raise ConvertError(f"{src}: not a state dict of a known model: FKP (a 'kernel_size' buffer), USRNet "
+                               "('p.m_*' / 'h.mlp.*'), KULNet ('kernel_extra.*' / 'SR_net.*') or ADM ('input_blocks.*')")
+    if model == "kulnet":
+        kulnet.save_kulnet(kulnet.params_from_state_dict(sd, where=str(src)), dest)
+        return f"KULNet ({kulnet.N_PARAMS} parameters; any scale)"
     if model == "usrnet":
         usrnet.save_usrnet(usrnet.params_from_state_dict(sd, where=str(src)), dest)
         return f"USRNet-tiny ({usrnet.N_PARAMS} parameters)"
@@ -163,7 +213,7 @@ def main(argv=None) -> int:
                                                  "orbax checkpoint.")
     parser.add_argument("src", help="PyTorch checkpoint, e.g. FKP_x2.pt or usrnet_tiny.pth")
     parser.add_argument("dest", help="output directory (must not exist)")
-    parser.add_argument("--model", choices=("auto", "fkp", "usrnet"), default="auto",
+    parser.add_argument("--model", choices=("auto", "fkp", "usrnet", "kulnet", "adm"), default="auto",
                         help="what SRC must be (default: recognised by its keys)")
     args = parser.parse_args(argv)
     try:

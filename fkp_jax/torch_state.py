@@ -5,6 +5,10 @@ state dicts) and the legacy stream of magic number + pickles + raw storages (``u
 The pickle is read by a restricted unpickler that resolves only the handful of globals a state
 dict needs (tensor rebuild, storage types, OrderedDict); anything else raises, so a malicious file
 cannot execute code. Tensors saved on CUDA load as host arrays (the device tag is ignored).
+
+``load_state_dict(path, lazy=True)`` streams a zip-format file: its values are ``LazyTensor``s (shape and
+dtype known, data read from the archive only when asked for, one tensor at a time, nothing cached), so a
+multi-GB checkpoint converts within the memory of its largest tensor plus what the caller keeps.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ def _rebuild_tensor(storage, offset, size, stride, *_unused):
     """torch._utils._rebuild_tensor_v2 on a flat NumPy storage (element strides)."""
     if isinstance(storage, _StorageRef):  # legacy format: the data follows the main pickle
         return _PendingTensor(storage.key, (offset, size, stride))
+    if isinstance(storage, _LazyStorage):  # zip format read lazily: data read on demand
+        return LazyTensor(storage.path, storage.member, storage.dtype, offset, size, stride)
     size, stride = tuple(size), tuple(stride)
     if not size:
         return np.array(storage[offset])
@@ -78,6 +84,59 @@ class _Unpickler(pickle.Unpickler):
             raise CheckpointError(f"unsupported persistent id {pid!r}")
         storage_type, key = pid[1], str(pid[2])
         return self._load_storage(storage_type, key)
+
+
+class LazyTensor:
+    """A tensor of a zip-format checkpoint not read yet: ``shape``, ``dtype``, ``load()`` / ``np.asarray(t)``
+    reads it (fresh each time; the archive is opened per read, so nothing stays open or cached)."""
+
+    def __init__(self, path: Path, member: str, dtype, offset, size, stride):
+        self.path, self.member, self.dtype = path, member, np.dtype(dtype)
+        self.shape, self._args = tuple(size), (offset, tuple(size), tuple(stride))
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def load(self) -> np.ndarray:
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                storage = np.frombuffer(zf.read(self.member), dtype=self.dtype)
+            return _rebuild_tensor(storage, *self._args)
+        except Exception as exc:  # truncated / changed file
+            raise CheckpointError(f"{self.path}: cannot read tensor data {self.member} "
+                                  f"({type(exc).__name__}: {exc})") from None
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.load()
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def __repr__(self):
+        return f"LazyTensor(shape={self.shape}, dtype={self.dtype})"
+
+
+class _LazyStorage:
+    def __init__(self, path: Path, member: str, dtype):
+        self.path, self.member, self.dtype = path, member, dtype
+
+
+def _load_zip_lazy(path: Path) -> object:
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        pkl = [n for n in zf.namelist() if n.endswith("/data.pkl")]
+        if not pkl:
+            raise CheckpointError(f"{path}: zip file without data.pkl (not a PyTorch checkpoint)")
+        prefix = pkl[0][: -len("data.pkl")]
+        if prefix + "byteorder" in names and zf.read(prefix + "byteorder").strip() != b"little":
+            raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
+
+        def load_storage(storage_type, key):
+            member = f"{prefix}data/{key}"
+            if member not in names:
+                raise CheckpointError(f"{path}: missing tensor data {member}")
+            return _LazyStorage(path, member, storage_type.dtype)
+
+        return _Unpickler(io.BytesIO(zf.read(pkl[0])), load_storage).load()
 
 
 def _load_zip(path: Path) -> object:
@@ -145,9 +204,11 @@ def _resolve(obj, arrays):
     return obj
 
 
-def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+def load_state_dict(path: str | Path, lazy: bool = False) -> dict[str, np.ndarray]:
     """Read a ``torch.save`` file; return its (possibly nested) dict with NumPy arrays for tensors.
 
+    ``lazy=True``: for zip-format files the tensors are ``LazyTensor``s (read one at a time on demand, see
+    the module docstring); legacy-format files are read whole as without it (plain arrays).
     Raises ``CheckpointError`` (a ``ValueError``) with a one-line message for anything that is not a
     PyTorch checkpoint of plain tensors, and ``FileNotFoundError`` for a missing file.
     """
@@ -156,7 +217,7 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"no such checkpoint file: {path}")
     try:
         if zipfile.is_zipfile(path):
-            return _load_zip(path)
+            return _load_zip_lazy(path) if lazy else _load_zip(path)
         return _load_legacy(path)
     except CheckpointError:
         raise

@@ -66,7 +66,7 @@ def test_cli_errors(ref, tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text("hello\n")
     _cli_error(capsys, [text, dest], "not a")
-    _cli_error(capsys, [ref / "golden" / "kernelgan_d_state.pt", dest], "not an FKP state dict")
+    _cli_error(capsys, [ref / "golden" / "kernelgan_d_state.pt", dest], "not a state dict of a known model")
     dest.mkdir()
     _cli_error(capsys, [ref / "weights" / "FKP_x2.pt", dest], "already exists")
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
