@@ -97,11 +97,14 @@ class Method:
     build: Callable[[argparse.Namespace], Solver]
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     has_image_output: bool = True  # the method itself produces an SR image (DIP); else only a kernel
+    image_model: str = "DIP"  # what makes its SR image (metrics.json config "sr")
+    weights_help: str = ""  # --weights help when the method's own network takes them (default: the FKP prior's)
     prior_help: str = ""
     other_models: tuple[str, ...] = ()  # folder prefixes also read when DIR has none of `model`
     study: StudyFactory | None = None  # the solver protocol for `python -m experiments.study` (optional)
     recorded_options: tuple[str, ...] = ()  # method options (argparse dests) written to metrics.json's config
     batches_images: bool = False  # its study solver takes one LR image per batch row (images of one size batched)
+    pad_gt_kernel: bool = False  # smaller ground-truth kernels are zero-padded to kernel_size (read_gt_kernel)
 
     def title_for(self, prior: str) -> str:
         return self.title if prior == self.priors[0] else f"{self.title} ({prior} kernel prior)"
@@ -126,8 +129,8 @@ def parse_args(method: Method, argv) -> argparse.Namespace:
                    help="independent restarts (the papers report means of 5); mean and std per image")
     p.add_argument("--seed", type=int, default=0, help="base random seed (restart i uses fold_in(seed, i))")
     p.add_argument("--kernel-prior", default=method.priors[0], choices=method.priors, help=method.prior_help)
-    p.add_argument("--weights", help="FKP prior checkpoint (orbax folder, e.g. converted official weights); "
-                                     "default: our shipped weights")
+    p.add_argument("--weights", help=method.weights_help or "FKP prior checkpoint (orbax folder, e.g. converted "
+                                                            "official weights); default: our shipped weights")
     p.add_argument("--kernel", choices=("estimate", "gt"), default="estimate",
                    help="gt: oracle mode, skip estimation and use the ground-truth kernel (checks the "
                         "non-blind step alone)")
@@ -197,13 +200,17 @@ def read_lr(method: Method, job: Job, args) -> np.ndarray:
     return lr
 
 
-def read_gt_kernel(job: Job, k: int | None) -> np.ndarray | None:
-    """The ground-truth kernel; with k given it must be k x k (None: any size, for --kernel gt)."""
+def read_gt_kernel(job: Job, k: int | None, pad: bool = False) -> np.ndarray | None:
+    """The ground-truth kernel; with k given it must be k x k (None: any size, for --kernel gt). pad=True (a
+    method whose kernels are larger than the data's, `Method.pad_gt_kernel`): a smaller kernel is zero-padded
+    by the same amount on every side to k x k, which keeps its centre and its sum."""
     from fkp_jax import io
 
     if job.gt_kernel is None:
         return None
     gt = io.read_kernel_mat(job.gt_kernel)
+    if pad and k is not None and gt.shape[0] == gt.shape[1] and gt.shape[0] < k and (k - gt.shape[0]) % 2 == 0:
+        gt = np.pad(gt, (k - gt.shape[0]) // 2)
     if k is not None and gt.shape != (k, k):
         raise ValueError(f"{job.gt_kernel}: ground-truth kernel is {gt.shape[0]}x{gt.shape[1]}, expected {k}x{k}")
     return gt
@@ -287,7 +294,7 @@ def run_job(method: Method, job: Job, args, solve: Solver | None, nonblind, out_
 
     k = method.kernel_size(args.sf)
     lr = read_lr(method, job, args)
-    gt = read_gt_kernel(job, None if solve is None else k)
+    gt = read_gt_kernel(job, None if solve is None else k, method.pad_gt_kernel)
     if solve is None:  # --kernel gt
         if gt is None:
             raise ValueError(f"{job.name}: --kernel gt needs a ground-truth kernel (a {method.model}_gt_k_x{args.sf}/"
@@ -359,11 +366,11 @@ def main(method: Method, argv=None) -> int:
         images = {job.name: run_job(method, job, args, solve, nonblind, out_dir) for job in jobs}
         mean = report.summarise(images)
         command = f"python -m experiments.{method.name} " + shlex.join(sys.argv[1:] if argv is None else argv)
-        sr = ("DIP" if method.has_image_output else
+        sr = (method.image_model if method.has_image_output else
               "USRNet-tiny" if nonblind[0] is not None else "closed-form FFT (no weights)")
         record = {"config": {"method": method.name, "sf": args.sf, "iters": args.iters, "seeds": args.seeds,
                              "seed": args.seed, "kernel_prior": args.kernel_prior, "kernel": args.kernel,
-                             "weights": (args.weights or f"ours x{args.sf}") if args.kernel_prior == "fkp" else None,
+                             "weights": args.weights or (f"ours x{args.sf}" if args.kernel_prior == "fkp" else None),
                              "sr": sr, "usrnet": None if args.sr_weights is None else str(args.sr_weights),
                              "dataset": str(args.input or args.dataset or default_dataset(method, args)),
                              **{name: getattr(args, name) for name in method.recorded_options}},

@@ -434,7 +434,7 @@ def solve_batch(run: Run, batch: Batch, prepare, placement: Placement, store: St
                 nonblind) -> None:
     """Solve the rows of one batch as one computation; write each (image, seed) result when the batch ends."""
     lrs = [cli.read_lr(run.method, job, run.args) for job in batch.jobs]
-    gts = [cli.read_gt_kernel(job, run.method.kernel_size(run.sf)) for job in batch.jobs]
+    gts = [cli.read_gt_kernel(job, run.method.kernel_size(run.sf), run.method.pad_gt_kernel) for job in batch.jobs]
     lr = lrs[0] if len(lrs) == 1 else np.stack([lrs[j] for j, _ in batch.rows])
     solver = prepare(batch.jobs[0], lr)
     state, out, record, seconds = run_batch(run, batch, solver, [gts[j] for j, _ in batch.rows], placement, store,
@@ -785,7 +785,7 @@ def main(argv=None) -> int:
         for run, jobs in plan:  # every image checked before anything runs
             for job in jobs:
                 shapes[run.key, job.name] = cli.read_lr(run.method, job, run.args).shape
-                cli.read_gt_kernel(job, run.method.kernel_size(run.sf))
+                cli.read_gt_kernel(job, run.method.kernel_size(run.sf), run.method.pad_gt_kernel)
 
         from fkp_jax import io, runtime
 

@@ -1,0 +1,77 @@
+"""`python -m experiments.kulnet`: the test protocol's metrics, a run on the bundled set with the golden (seeded)
+state converted, and one-line errors for missing or wrong weights."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import kulnet as cmd
+from fkp_jax import cli, metrics
+
+
+def test_metrics_follow_the_test_protocol(ref):
+    """golden_kulnet README 8: PSNR-Y / SSIM-Y of the network's and of bicubic's SR against the GT (uint8 BGR as
+    the original's tensor2img returns), and kernel PSNR, as the original's test.py computes them."""
+    g = dict(np.load(ref / "golden_kulnet" / "test_protocol.npz", allow_pickle=False))
+    sf = int(g["crop_border"])
+    gt = g["net_gt_u8_bgr"][..., ::-1]
+    for name in ("net", "bic"):
+        sr = g[f"{name}_sr_u8_bgr"][..., ::-1]
+        assert metrics.psnr_y(gt, sr, sf) == pytest.approx(float(g[f"{name}_psnr_y"]), abs=1e-9)
+        assert metrics.ssim_y(gt, sr, sf) == pytest.approx(float(g[f"{name}_ssim_y"]), abs=1e-9)
+    assert metrics.kernel_psnr(g["kernel_gt"][0], g["kernel_est_idx300"]) == pytest.approx(float(g["kernel_psnr"]), abs=1e-4)
+    assert metrics.kernel_psnr(g["kpsnr_a"], g["kpsnr_b"]) == pytest.approx(float(g["kpsnr_ab"]), abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def weights(ref, tmp_path_factory):
+    """The golden seeded x4 state (a stand-in for the official weights), converted by our tool."""
+    from fkp_jax import convert
+
+    dest = tmp_path_factory.mktemp("kulnet") / "x4"
+    assert convert.main([str(ref / "golden_kulnet" / "kulnet_x4_init_state.pt"), str(dest)]) == 0
+    return dest
+
+
+def test_runs_on_the_bundled_set(weights, tmp_path):
+    out = tmp_path / "out"
+    assert cmd.main(["--sf", "4", "--weights", str(weights), "--seeds", "2", "--out", str(out)]) == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["config"]["sr"] == "KULNet" and record["config"]["weights"] == str(weights)
+    assert record["config"]["iters"] == 1 and set(record["images"]) == {"astronaut", "chelsea", "coffee"}
+    for r in record["images"].values():
+        assert len(r["kernel_psnr"]) == 2 and all(np.isfinite(r["kernel_psnr"] + r["psnr_y"] + r["ssim_y"]))
+    k = np.load(out / "astronaut_kernels_seeds.npy")
+    assert k.shape == (2, 21, 21) and np.allclose(k.sum((1, 2)), 1.0, atol=1e-5) and k.min() >= 0
+    assert not np.array_equal(k[0], k[1])  # the latent is sampled per restart
+    assert (out / "astronaut_sr.png").is_file()
+
+
+def test_ground_truth_kernels_are_padded_to_21(tmp_path):
+    """x4 data hold 19 x 19 kernels: zero-padded by one pixel per side (same sum, same centre)."""
+    m = cmd.method()
+    args = cli.parse_args(m, ["--sf", "4", "--weights", "w"])
+    job = cli.find_jobs(m, args)[0]
+    small = cli.read_gt_kernel(job, None)
+    padded = cli.read_gt_kernel(job, 21, m.pad_gt_kernel)
+    assert small.shape == (19, 19) and padded.shape == (21, 21)
+    assert np.array_equal(padded[1:-1, 1:-1], small) and padded.sum() == pytest.approx(small.sum())
+    with pytest.raises(ValueError, match="expected 21x21"):
+        cli.read_gt_kernel(job, 21)  # other methods keep refusing a kernel of another size
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "KULNet needs trained weights"),
+    (["--weights", "no/such/dir"], "no such KULNet checkpoint"),
+    (["--weights", "{ref}/weights/FKP_x2.pt"], "not a KULNet state dict"),
+    (["--weights", "{ref}/weights/FKP_x2.pt", "--iters", "5"], "--iters does not apply"),
+    (["--weights", "w", "--sf", "5"], "unsupported scale factor"),
+])
+def test_bad_input_one_line_errors(ref, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    argv = ["--sf", "4", "--out", str(out)] + [a.format(ref=ref) for a in extra]
+    assert cmd.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not (out / "metrics.json").exists()
