@@ -186,13 +186,13 @@ def test_same_seed_reproduces_and_vmap_matches_single(start, step, prior, config
     assert not np.allclose(np.asarray(out["sr"][0]), np.asarray(out["sr"][1]))
 
 
-def test_ten_restarts_match_the_original_statistically(ref):
-    """After iteration 1 the loop is chaotic, so 10 restarts of the trace case (150 iterations) are compared
+def test_restarts_match_the_original_statistically(ref):
+    """After iteration 1 the loop is chaotic, so 6 restarts of the trace case (150 iterations) are compared
     with the original's two runs (43.79 and 49.55 dB final kernel PSNR): same latent schedule, and final
-    kernel PSNRs in the same range."""
+    kernel PSNRs in the same range (10 restarts: docs/results.md; 6 keep the suite short)."""
     from experiments.trace_study import trace_restarts
 
-    res = trace_restarts(10, 150, ref)
+    res = trace_restarts(6, 150, ref)
     f = res["final_kernel_psnr"]
     assert np.all(res["first_latent_change"] == 78)
     assert np.all(np.isfinite(f))
