@@ -30,6 +30,27 @@ class ConvertError(ValueError):
     """A state dict whose keys / shapes / buffers do not match the expected model."""
 
 
+def load_params(path, model: str, title: str, named_parameters, params_from_state_dict) -> dict:
+    """Params of a network kept in its PyTorch layout (USRNet, KULNet) from the official ``.pth`` (read by
+    `torch_state`, no pickle code run) or from the orbax folder ``python -m fkp_jax.convert`` wrote (its meta
+    ``model`` must be ``model``); ``named_parameters`` / ``params_from_state_dict`` are the model's two-way key
+    mapping, which checks every key and shape. FileNotFoundError, ``CheckpointError`` or ``ConvertError``, each
+    with a one-line message."""
+    path = Path(path)
+    if path.is_dir():
+        variables, meta = checkpoint.restore(path)
+        if meta.get("model") != model:
+            raise ConvertError(f"{path}: checkpoint of model {meta.get('model')!r}, not {model!r}")
+        try:
+            sd = dict(named_parameters(variables))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise ConvertError(f"{path}: {model} checkpoint with an unexpected parameter tree") from None
+        return params_from_state_dict(sd, where=str(path))
+    if not path.exists():
+        raise FileNotFoundError(f"no such {title} checkpoint file or folder: {path}")
+    return params_from_state_dict(load_state_dict(path), where=str(path))
+
+
 def _model_state(path) -> dict:
     """The flat name -> array dict of a checkpoint, unwrapping a top-level {'model_state': ...}."""
     sd = load_state_dict(path)

@@ -429,21 +429,6 @@ def load_usrnet(path) -> dict:
     run) or from a folder written by ``save_usrnet`` / ``python -m fkp_jax.convert``. Raises
     FileNotFoundError (missing), ``CheckpointError`` (not a PyTorch checkpoint) or ``ConvertError`` (another
     model), all ValueErrors but the first, each with a one-line message."""
-    from fkp_jax import checkpoint
-    from fkp_jax.torch_state import load_state_dict
+    from fkp_jax.convert import load_params
 
-    path = Path(path)
-    if path.is_dir():
-        variables, meta = checkpoint.restore(path)
-        if meta.get("model") != MODEL_NAME:
-            raise _convert_error(f"{path}: checkpoint of model {meta.get('model')!r}, not {MODEL_NAME!r}")
-        try:
-            sd = dict(named_parameters(variables))
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise _convert_error(f"{path}: {MODEL_NAME} checkpoint with an unexpected parameter tree") from None
-        return params_from_state_dict(sd, where=str(path))
-    if not path.exists():
-        raise FileNotFoundError(f"no such USRNet checkpoint file or folder: {path}")
-    sd = load_state_dict(path)
-    return params_from_state_dict(sd, where=str(path))
-
+    return load_params(path, MODEL_NAME, "USRNet", named_parameters, params_from_state_dict)
