@@ -185,14 +185,15 @@ def check_outputs(jobs: list[Job], out_dir: Path) -> None:
         raise ValueError(f"refusing to write results into an input folder ({out_dir}); choose another --out")
 
 
-def read_lr(method: Method, job: Job, args) -> np.ndarray:
-    """The LR image (HWC RGB float32), converted with a note if needed; one-line errors if unusable."""
+def read_lr(method: Method, job: Job, args, notes: bool = True) -> np.ndarray:
+    """The LR image (HWC RGB float32), converted with a note if needed (notes=False: silently, for a check
+    ahead of the run); one-line errors if unusable."""
     from fkp_jax import io
 
-    with warnings.catch_warnings(record=True) as notes:
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         lr = io.read_image(job.lr)
-    for note in notes:
+    for note in caught if notes else ():
         print(f"note: {note.message}", file=sys.stderr)
     io.check_finite(lr, job.name)
     if args.kernel != "gt":  # the oracle mode runs only the non-blind step
@@ -354,6 +355,8 @@ def main(method: Method, argv=None) -> int:
         jobs = find_jobs(method, args)
         out_dir = Path(f"results/{method.name}_x{args.sf}") if args.out is None else args.out
         check_outputs(jobs, out_dir)
+        for job in jobs:  # every image checked before any output is made
+            read_lr(method, job, args, notes=False)
 
         from fkp_jax import io, report, runtime
 

@@ -75,3 +75,14 @@ def test_bad_input_one_line_errors(ref, tmp_path, capsys, extra, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert not (out / "metrics.json").exists()
+
+
+def test_too_small_image_refused_before_any_output(tmp_path, capsys):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "tiny.png"), np.full((5, 6, 3), 128, np.uint8))
+    out = tmp_path / "out"
+    assert cmd.main(["--sf", "4", "--weights", "w", "--input", str(tmp_path / "tiny.png"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: tiny: image too small for KULNet") and len(err.splitlines()) == 1
+    assert not out.exists()  # checked before the output folder is made
