@@ -23,11 +23,8 @@ wall seconds), rewritten atomically after every epoch.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import functools
-import io
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +36,7 @@ import optax
 
 from fkp_jax import checkpoint, kernels
 from fkp_jax.flow import SCALES, FlowConfig, FlowPrior, init_params, load_prior, preprocess
+from fkp_jax.io import write_csv
 
 VAL_NOISE_SEED = 720  # the fixed dequantisation-noise draw of the validation set
 
@@ -131,16 +129,6 @@ def make_train_chunk(cfg: TrainConfig, flow_cfg: FlowConfig, tx):
     return chunk
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
-
-
 def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
     """Run training; write the best checkpoint + train_log.csv to ``out``; return a summary dict."""
     from tqdm import tqdm
@@ -182,7 +170,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
                     "train_config": {**dataclasses.asdict(cfg), "lr_milestones": list(cfg.lr_milestones)},
                     "best": best, "jax_version": jax.__version__}
             checkpoint.save(out, prior.variables, meta, overwrite=True)
-        _write_csv(out / "train_log.csv", rows)
+        write_csv(out / "train_log.csv", rows)
     bar.close()
     return {"steps": step, "wall_s": round(time.time() - t0, 1), "best": best, "history": rows}
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import io as _io
-import os
 import queue
 import sys
 import threading
@@ -39,7 +37,7 @@ import numpy as np
 
 from fkp_jax import checkpoint, kulnet
 from fkp_jax import kulnet_train as kt
-from fkp_jax.io import DataError, list_images, read_image_u8
+from fkp_jax.io import DataError, list_images, read_image_u8, write_csv
 
 CKPT = "checkpoint"
 FINAL = "kulnet"
@@ -205,16 +203,6 @@ def check_size(h: int, w: int, sf: int, what: str) -> None:
                              f"{2 * sf}, and 16 - n % 16 < n)")
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    buf = _io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
-
-
 def train(cfg: kt.TrainConfig, hr_dir, out: Path, steps: int, checkpoint_every: int, val_dir=None,
           val_every: int = 1000, init=None, progress: bool = True, cache_mb: float = 2048,
           devices: int | None = None) -> dict:
@@ -274,7 +262,7 @@ def train(cfg: kt.TrainConfig, hr_dir, out: Path, steps: int, checkpoint_every: 
                      "wall_s": round(time.time() - t0, 2)})
         if done % checkpoint_every == 0 or done == steps:
             save_checkpoint(out, state, base_key, cfg)
-            _write_csv(out / "train_log.csv", rows)
+            write_csv(out / "train_log.csv", rows)
     bar.close()
     kulnet.save_kulnet(state.params, out / FINAL, overwrite=True)
     return {"start": start, "steps": int(state.step), "wall_s": round(time.time() - t0, 1), "last": metrics,

@@ -109,6 +109,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write dict rows (columns: the first row's keys) as CSV atomically."""
+    import csv
+    import io as _io
+
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -37,6 +37,23 @@ def golden(ref):
     return load
 
 
+@pytest.fixture(scope="module")
+def gk(ref):
+    """gk('forward') -> the loaded npz of ../shared/reference/golden_kulnet/forward.npz; gk.folder: that folder."""
+    folder = ref / "golden_kulnet"
+    if not folder.is_dir():
+        pytest.skip(f"KULNet golden data not found at {folder}")
+    cache = {}
+
+    def load(name):
+        if name not in cache:
+            cache[name] = dict(np.load(folder / f"{name}.npz", allow_pickle=False))
+        return cache[name]
+
+    load.folder = folder
+    return load
+
+
 # ----------------------------------------------------------------------------- tolerance audit
 # FKP_TOLERANCE_LOG=FILE records, for every np.testing.assert_allclose in the suite, how much of its
 # tolerance was used: max |actual - desired| / (atol + rtol |desired|) (1.0 = at the limit), one JSON

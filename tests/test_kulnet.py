@@ -36,22 +36,6 @@ def stack(maps):
 
 
 @pytest.fixture(scope="module")
-def gk(ref):
-    folder = ref / "golden_kulnet"
-    if not folder.is_dir():
-        pytest.skip(f"KULNet golden data not found at {folder}")
-    cache = {}
-
-    def load(name):
-        if name not in cache:
-            cache[name] = dict(np.load(folder / f"{name}.npz", allow_pickle=False))
-        return cache[name]
-
-    load.folder = folder
-    return load
-
-
-@pytest.fixture(scope="module")
 def state(gk):
     return load_state_dict(gk.folder / "kulnet_x4_init_state.pt")
 

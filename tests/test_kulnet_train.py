@@ -44,22 +44,6 @@ def nhwc(a):
     return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
 
 
-@pytest.fixture(scope="module")
-def gk(ref):
-    folder = ref / "golden_kulnet"
-    if not folder.is_dir():
-        pytest.skip(f"KULNet golden data not found at {folder}")
-    cache = {}
-
-    def load(name):
-        if name not in cache:
-            cache[name] = dict(np.load(folder / f"{name}.npz", allow_pickle=False))
-        return cache[name]
-
-    load.folder = folder
-    return load
-
-
 def recorded_draws(d, prefix, n):
     """The original's NumPy draws (golden 7) as DegradationDraws: 4 per sample, then noise level, mask, normal."""
     ku = np.array([[d[f"{prefix}np_draw_{4 * b + j:02d}"] for j in range(4)] for b in range(n)])
