@@ -51,6 +51,30 @@ def load_params(path, model: str, title: str, named_parameters, params_from_stat
     return params_from_state_dict(load_state_dict(path), where=str(path))
 
 
+def params_from_layout(sd, layout, to_ours, title: str, where: str) -> dict:
+    """A state dict -> our params tree through a fixed layout: entries (torch key, our param path, kind, PyTorch
+    shape), ``to_ours[kind]`` maps a PyTorch array to our layout. Every key and shape is checked and every tensor
+    must be finite floating point; anything else raises ``ConvertError`` with a one-line message naming ``title``."""
+    expected = {key: shape for key, _, _, shape in layout}
+    missing = [k for k in expected if k not in sd]
+    extra = [k for k in sd if k not in expected]
+    if missing or extra:
+        raise ConvertError(f"{where}: not a {title} state dict (missing {missing[:3]}, unexpected "
+                           f"{extra[:3]}{' ...' if len(missing) > 3 or len(extra) > 3 else ''})")
+    params: dict = {}
+    for key, path, kind, shape in layout:
+        a = np.asarray(sd[key])
+        if a.shape != shape:
+            raise ConvertError(f"{where}: {key} has shape {a.shape}, expected {shape} (not {title})")
+        if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+            raise ConvertError(f"{where}: {key} is not a finite floating-point tensor")
+        node = params
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = jnp.asarray(np.ascontiguousarray(to_ours[kind](a)), jnp.float32)
+    return params
+
+
 def _model_state(path) -> dict:
     """The flat name -> array dict of a checkpoint, unwrapping a top-level {'model_state': ...}."""
     sd = load_state_dict(path)

@@ -519,25 +519,10 @@ def params_from_state_dict(sd: Mapping[str, Any], where: str = "state dict") -> 
         sd = {str(k)[len("module."):]: v for k, v in sd.items()}
     if not is_kulnet_state_dict(sd):
         raise _convert_error(f"{where}: not a KULNet state dict (no 'kernel_extra.*' / 'SR_net.*' keys)")
-    expected = {key: shape for key, _, shape in TORCH_LAYOUT}
-    missing = [k for k in expected if k not in sd]
-    extra = [k for k in sd if k not in expected]
-    if missing or extra:
-        raise _convert_error(f"{where}: not a KULNet state dict (missing {missing[:3]}, unexpected "
-                             f"{extra[:3]}{' ...' if len(missing) > 3 or len(extra) > 3 else ''})")
-    params: dict = {}
-    for key, kind, shape in TORCH_LAYOUT:
-        a = np.asarray(sd[key])
-        if a.shape != shape:
-            raise _convert_error(f"{where}: {key} has shape {a.shape}, expected {shape} (not KULNet)")
-        if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
-            raise _convert_error(f"{where}: {key} is not a finite floating-point tensor")
-        node = params
-        path = param_path(key)
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = jnp.asarray(np.ascontiguousarray(_TO_OURS[kind](a)), jnp.float32)
-    return params
+    from fkp_jax.convert import params_from_layout
+
+    layout = [(key, param_path(key), kind, shape) for key, kind, shape in TORCH_LAYOUT]
+    return params_from_layout(sd, layout, _TO_OURS, "KULNet", where)
 
 
 def named_parameters(params) -> list[tuple[str, np.ndarray]]:

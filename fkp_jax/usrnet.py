@@ -380,24 +380,9 @@ def params_from_state_dict(sd: Mapping[str, Any], where: str = "state dict") -> 
     checked; a wrong checkpoint raises ``fkp_jax.convert.ConvertError`` (a ValueError), one line naming the key."""
     if not isinstance(sd, Mapping) or not is_usrnet_state_dict(sd):
         raise _convert_error(f"{where}: not a USRNet state dict (no 'p.m_*' / 'h.mlp.*' keys)")
-    expected = {key: shape for key, _, _, shape in TORCH_LAYOUT}
-    missing = [k for k in expected if k not in sd]
-    extra = [k for k in sd if k not in expected]
-    if missing or extra:
-        raise _convert_error(f"{where}: not a USRNet-tiny state dict (missing {missing[:3]}, unexpected "
-                             f"{extra[:3]}{' ...' if len(missing) > 3 or len(extra) > 3 else ''})")
-    params: dict = {}
-    for key, path, kind, shape in TORCH_LAYOUT:
-        a = np.asarray(sd[key])
-        if a.shape != shape:
-            raise _convert_error(f"{where}: {key} has shape {a.shape}, expected {shape} (not USRNet-tiny)")
-        if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
-            raise _convert_error(f"{where}: {key} is not a finite floating-point tensor")
-        node = params
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = jnp.asarray(_TO_OURS[kind](a), jnp.float32)
-    return params
+    from fkp_jax.convert import params_from_layout
+
+    return params_from_layout(sd, TORCH_LAYOUT, _TO_OURS, "USRNet-tiny", where)
 
 
 def named_parameters(params) -> list[tuple[str, np.ndarray]]:
