@@ -11,7 +11,9 @@ kernel (correlation convention, centre at (10, 10)) and reconstructs the SR imag
 (`fkp_jax.kulnet.forward`). Its latent is sampled at test time, as in the original: restart i draws the
 latent noise from ``fold_in(key(--seed), i)``, so ``--seeds`` gives that many samples. Ground-truth kernels
 of our data sets (11 x 11 at x2, 15 at x3, 19 at x4) are zero-padded to 21 x 21 for the kernel PSNR (same
-kernel, same centre). Metrics as the original's test protocol (golden_kulnet README 8): PSNR-Y / SSIM-Y on
+kernel, same centre). With ``--real`` the LR image gets the original real-image loader's border first
+(``kulnet.pad_real_lr``: REAL_CROP = 3 / 6 / 11 LR pixels at x4 / x3 / x2) and the SR output loses it again
+(``kulnet.crop_real_sr``), as the original's test_real.py does. Metrics as the original's test protocol (golden_kulnet README 8): PSNR-Y / SSIM-Y on
 unrounded BT.601 Y with ``sf`` border pixels shaved, kernel PSNR over the 21 x 21 entries. Outputs and
 metrics.json schema as `experiments.dipfkp` (the plumbing is `fkp_jax.cli`).
 """
@@ -58,9 +60,12 @@ def build(args):
     def solve(job, lr, gt, progress):
         start = time.perf_counter()
         keys = [jax.random.fold_in(jax.random.key(args.seed), i) for i in range(args.seeds)]
-        outs = [kulnet.forward(params, lr[None], args.sf, key=key) for key in keys]
+        net_in = kulnet.pad_real_lr(lr, args.sf) if args.real else lr  # the real-image loader's border
+        outs = [kulnet.forward(params, net_in[None], args.sf, key=key) for key in keys]
         kernels = np.stack([np.asarray(o.kernel[0], np.float32) for o in outs])
         srs = np.stack([np.clip(np.asarray(o.sr[0], np.float32), 0.0, 1.0) for o in outs])
+        if args.real:
+            srs = kulnet.crop_real_sr(srs, args.sf)
         progress(1, None, kernels)
         return cli.Estimate(kernels, srs, time.perf_counter() - start)
 

@@ -411,6 +411,41 @@ def forward(params, lr, scale: int, key=None, eps=None, capture: bool = False):
     return _forward(params, lr, jnp.asarray(eps, lr.dtype), int(scale), bool(capture))
 
 
+REAL_CROP = {4: 3, 3: 6, 2: 11}  # LR pixels added per side for real images (golden 8; KULNET_SPEC 5 correction)
+REAL_SIGMA = 10.0
+
+
+def pad_real_lr(lr, scale: int) -> np.ndarray:
+    """The real-image LQ loader's border (golden 8): an LR image (h, w, 3) -> (h + 2r, w + 2r, 3), r =
+    ``REAL_CROP[scale]``; the original pixels in the middle, around them a soft border made by nearest x``scale``
+    up-sampling, replicate padding by r * scale, an isotropic Gaussian blur (sigma 10, support 22 - scale,
+    zero padding, the centre tap at index (size - 1) // 2, i.e. the top-left one of the two middle taps for an
+    even support) and subsampling ::scale. The loader's code is not in any copy we could reach, so this follows
+    the golden README's description; what it leaves open (the replicate width, the anchor) is chosen as
+    stated. ``crop_real_sr`` removes the border from the SR output."""
+    lr = np.asarray(lr, np.float64)
+    r, s = REAL_CROP[scale], scale
+    up = np.repeat(np.repeat(lr, s, axis=0), s, axis=1)
+    up = np.pad(up, ((r * s, r * s), (r * s, r * s), (0, 0)), mode="edge")
+    size = 22 - s
+    x = np.arange(size) - (size - 1) // 2
+    g = np.exp(-(x ** 2) / (2 * REAL_SIGMA ** 2))
+    g /= g.sum()
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    padded = np.pad(up, ((lo, hi), (lo, hi), (0, 0)))  # zero padding
+    blur = sum(g[i] * padded[i:i + up.shape[0]] for i in range(size))  # separable correlation, rows then columns
+    blur = sum(g[j] * blur[:, j:j + up.shape[1]] for j in range(size))
+    out = blur[::s, ::s]
+    out[r:-r, r:-r] = lr
+    return out.astype(np.float32)
+
+
+def crop_real_sr(sr, scale: int):
+    """The SR output of a ``pad_real_lr`` input (..., H, W, 3) without its border of REAL_CROP[scale] * scale."""
+    c = REAL_CROP[scale] * scale
+    return sr[..., c:-c, c:-c, :]
+
+
 def estimate_kernel(params, lr, eps, capture: bool = False):
     """The kernel branch alone: (kernel (N, 21, 21), mean, log_var) [+ intermediates if ``capture``]."""
     out, state = KernelExtra().apply({"params": _cast(params["kernel_extra"], lr.dtype)}, lr, eps.astype(lr.dtype),

@@ -86,3 +86,40 @@ def test_too_small_image_refused_before_any_output(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: tiny: image too small for KULNet") and len(err.splitlines()) == 1
     assert not out.exists()  # checked before the output folder is made
+
+
+@pytest.mark.parametrize("sf", [2, 3, 4])
+def test_real_image_border(sf):
+    """The real-image loader's border (golden 8): the image itself in the middle, REAL_CROP[sf] pixels a side, a
+    constant image stays constant where the blur does not reach the zero padding (the outer pixels darken),
+    the border follows the nearest image edge, and crop_real_sr removes exactly sf x the border."""
+    from fkp_jax import kulnet
+
+    r = kulnet.REAL_CROP[sf]
+    rng = np.random.default_rng(sf)
+    lr = rng.uniform(0, 1, (9, 7, 3)).astype(np.float32)
+    out = kulnet.pad_real_lr(lr, sf)
+    assert out.shape == (9 + 2 * r, 7 + 2 * r, 3) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[r:-r, r:-r], lr)
+    const = kulnet.pad_real_lr(np.full((9, 7, 3), 0.5, np.float32), sf)
+    m = -(-(21 - sf) // 2 // sf)  # LR pixels whose blur window reaches the zero padding outside the HR border
+    np.testing.assert_allclose(const[m:-m, m:-m], 0.5, atol=1e-6)  # replicate padding + a unit-sum blur
+    assert const[0, 0, 0] < 0.5 and const[-1, -1, 0] < 0.5  # the zero padding darkens the outermost pixels
+    # a dark left half and a bright right half: the border just outside each side follows it
+    split = np.zeros((16, 16, 3), np.float32)
+    split[:, 8:] = 1.0
+    side = kulnet.pad_real_lr(split, sf)
+    assert side[r + 8, r - 1, 0] < 0.25 and side[r + 8, -r, 0] > 0.75
+    sr = np.zeros((1, (9 + 2 * r) * sf, (7 + 2 * r) * sf, 3))
+    assert kulnet.crop_real_sr(sr, sf).shape == (1, 9 * sf, 7 * sf, 3)
+
+
+def test_real_images_keep_their_size(weights, tmp_path):
+    """--real: the bordered LR goes through the network and the SR comes back at sf x the LR size."""
+    from fkp_jax import io
+
+    src = tmp_path / "in.png"
+    io.write_image_u8(src, (np.random.default_rng(0).uniform(0, 255, (13, 11, 3))).astype(np.uint8))
+    out = tmp_path / "out"
+    assert cmd.main(["--sf", "4", "--weights", str(weights), "--input", str(src), "--real", "--out", str(out)]) == 0
+    assert io.read_image(out / "in_sr.png").shape == (52, 44, 3)
