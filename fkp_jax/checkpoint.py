@@ -23,8 +23,7 @@ SAVE_CONCURRENT_GB = 1  # GB in flight while saving (see _checkpointer)
 
 def _checkpointer() -> ocp.Checkpointer:
     """Composite checkpointer whose pytree item writes at most SAVE_CONCURRENT_GB at a time, uncompressed:
-    float weights barely compress, and with orbax's defaults (compression, no limit) saving a 1 GB tree
-    peaked at 6.19 GB for a 2.2 GB tree of random float32 (the size of the ADM UNet), with these at 4.29 GB and
+    float weights barely compress. With orbax's defaults (compression, no limit) saving peaked at 6.19 GB for a 2.2 GB tree of random float32 (the size of the ADM UNet), with these at 4.29 GB and
     faster (46 s against 63 s; peak RSS from ``resource.getrusage``, 2 AVX2 cores)."""
     return ocp.Checkpointer(ocp.CompositeCheckpointHandler(
         variables=ocp.PyTreeCheckpointHandler(save_concurrent_gb=SAVE_CONCURRENT_GB, use_compression=False),
