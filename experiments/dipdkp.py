@@ -29,7 +29,7 @@ def default_dataset(args) -> Path:
 
 
 def add_arguments(p):
-    dipfkp.add_arguments(p)
+    dipfkp.add_arguments(p, start=False)
     p.add_argument("--kernel-type", choices=("gaussian", "motion"), default="gaussian",
                    help="DKP's random prior kernels: gaussian (default) or linear motion; also picks the "
                         "bundled default images")

@@ -46,7 +46,12 @@ def check_lr(name: str, lr, args) -> None:
                          f">= {need} (HR >= {min_hr_side()} for its 5-level generator, and the kernel)")
 
 
-def add_arguments(p):
+def add_arguments(p, start: bool = True):
+    if start:
+        p.add_argument("--start", choices=("random", "original"), default="random",
+                       help="random (default): restart i draws the DIP input, DIP weights and FKP latent from its "
+                            "key; original: the released code's fixed start (the same for every run on an "
+                            "image of this size; FKP prior, --seeds 1), which scores lower (docs/results.md)")
     p.add_argument("--chunk", type=int, default=None,
                    help="iterations per dispatch: 1 = Python loop over the jitted step (CPU default), "
                         ">1 = lax.scan chunks (accelerator default 50)")
@@ -68,9 +73,17 @@ def build(args, prior=None):
     config = dipfkp.DIPFKPConfig(sf=args.sf, iters=args.iters)
     runner = dipfkp.make_runner(prior, config, seeds=True, chunk=args.chunk, seed_mode=args.seed_mode)
 
+    original = getattr(args, "start", "random") == "original"
+    if original and (prior.name != "fkp" or args.seeds != 1):
+        raise ValueError("--start original is the released DIP-FKP's one fixed start: it needs --kernel-prior fkp "
+                         "and --seeds 1 (every seed would start, and end, the same)")
+
     def solve(job, lr, gt, progress):
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(args.seed), i))(jnp.arange(args.seeds))
-        state = jax.vmap(lambda key: dipfkp.init_state(key, prior, lr.shape[:2], config))(keys)
+        if original:
+            state = dipfkp.stack_states([dipfkp.original_state(prior, lr.shape[:2], config)])
+        else:
+            keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(args.seed), i))(jnp.arange(args.seeds))
+            state = jax.vmap(lambda key: dipfkp.init_state(key, prior, lr.shape[:2], config))(keys)
         want_kernels = gt is not None
 
         def callback(t, out):
@@ -93,6 +106,8 @@ def study(args, seed_mode=None, prior=None):
 
     from fkp_jax import cli, dipfkp, kernel_priors
 
+    if getattr(args, "start", "random") != "random":
+        raise ValueError("--start original gives every restart the same start: studies use random starts")
     prior = kernel_priors.make_prior(args.kernel_prior, args.sf, args.weights) if prior is None else prior
     config = dipfkp.DIPFKPConfig(sf=args.sf, iters=args.iters)
     runner = dipfkp.make_runner(prior, config, seeds=True, chunk=args.chunk, seed_mode=seed_mode or args.seed_mode)
@@ -115,7 +130,7 @@ def method():
         name="dipfkp", title="DIP-FKP", model="DIPFKP", scales=(2, 3, 4), priors=kernel_priors.PRIORS,
         default_dataset=DEFAULT_DATASET, default_iters=lambda args: 1000, kernel_size=kernels.kernel_size,
         check_lr=check_lr, build=build, add_arguments=add_arguments, study=study, batches_images=True,
-        prior_help="fkp (DIP-FKP), mlp (Double-DIP) or softmax (DIPSoftmax)")
+        prior_help="fkp (DIP-FKP), mlp (Double-DIP) or softmax (DIPSoftmax)", recorded_options=("start",))
 
 
 def main(argv=None) -> int:

@@ -562,6 +562,27 @@ def _set(tree, path, value):
     tree[path[-1]] = value
 
 
+def torch_construction_order() -> list[tuple[str, tuple[int, int, int, int]]]:
+    """The original's convolutions as (torch name, weight shape (out, in, kh, kw)) in the order its ``skip()``
+    creates them, i.e. draws their default init (not ``named_parameters()`` order): per level its skip,
+    down and (levels with one) non-local g / W / theta / phi convs, conv2, then that level's up and 1x1
+    convs, before the next level; the output conv last. Checked against golden dipfkp_init_x2.pt
+    (`fkp_jax.torch_rng.original_start`)."""
+    shapes = jax.eval_shape(lambda: _NET.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))["params"]
+    names = {path[:-1]: tname[: -len(".weight")] for tname, path in TORCH_LAYOUT if path[-1] == "kernel"}
+    order = []
+    for i in range(N_SCALES):
+        nl = [("nl", "g"), ("nl", "W"), ("nl", "theta"), ("nl", "phi")] if i in NL_LEVELS else []
+        parts = [("skip_conv",), ("down_conv",), *nl, ("conv2",), ("up_conv",), ("conv1x1",)]
+        order += [(f"level{i}",) + part for part in parts]
+    order.append(("out_conv",))
+    out = []
+    for path in order:
+        kh, kw, c_in, c_out = _get(shapes, path + ("kernel",)).shape
+        out.append((names[path], (c_out, c_in, kh, kw)))
+    return out
+
+
 def params_from_torch(state_dict: Mapping[str, Any], dtype=jnp.float32) -> dict:
     """Map the 142 parameter tensors of the original state dict (buffers ignored) to ``params``.
 

@@ -78,6 +78,22 @@ def init_state(key: jax.Array, prior: KernelPrior, lr_hw: tuple[int, int], confi
     return state_from(dip_params, z_x, prior.init(k_prior), prior, config, key=jax.random.fold_in(key, 3))
 
 
+def original_state(prior: KernelPrior, lr_hw: tuple[int, int], config: DIPFKPConfig) -> State:
+    """The released code's fixed start for an LR image of size lr_hw (FKP prior only): its DIP input, DIP
+    weights and latent rebuilt from PyTorch's seeded streams (`fkp_jax.torch_rng.original_start`). The
+    original starts EVERY run on an image of this size here, whatever its seed, so its restarts cannot
+    differ; our default (`init_state`) draws all three from the restart's key instead (docs/results.md,
+    "DIP-FKP: our loop against the official loop")."""
+    from fkp_jax import torch_rng
+
+    if prior.name != "fkp":
+        raise ValueError(f"the original's start is defined for the FKP prior only, not {prior.name!r}")
+    hr_hw = (lr_hw[0] * config.sf, lr_hw[1] * config.sf)
+    z_x, state_dict, latent = torch_rng.original_start(hr_hw, config.sf, config.input_channels,
+                                                       config.input_noise_scale)
+    return state_from(dip.params_from_torch(state_dict), jnp.asarray(z_x), jnp.asarray(latent), prior, config)
+
+
 def state_from(dip_params, z_x: jax.Array, kernel_vars, prior: KernelPrior, config: DIPFKPConfig,
                key: jax.Array | None = None) -> State:
     """A solver state at iteration 1 from given DIP parameters, DIP input (1, H, W, C) and kernel variables.
