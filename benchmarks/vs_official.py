@@ -146,22 +146,26 @@ def redirect_cuda_to_cpu(torch) -> None:
     torch.nn.Module.cuda = lambda self, *a, **kw: self
 
 
-def record_loop_steps(module) -> list[float]:
+def record_loop_steps(module, sync=None) -> list[float]:
     """Replace ``module.tqdm.tqdm`` (the official training loop's progress bar) by a generator that appends
-    ``time.perf_counter()`` at every step and at the end: the interval between two stamps is one loop pass."""
+    ``time.perf_counter()`` at every step and at the end: the interval between two stamps is one loop pass.
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before each stamp, so a pass includes its GPU work."""
     stamps: list[float] = []
+    sync = sync or (lambda: None)
 
     def timed(iterable, *a, **kw):
         for x in iterable:
+            sync()
             stamps.append(time.perf_counter())
             yield x
+        sync()
         stamps.append(time.perf_counter())
 
     module.tqdm = types.SimpleNamespace(tqdm=timed)
     return stamps
 
 
-def child_official(root: Path, h: int, w: int, threads: int, warmup: int, iters: int) -> dict:
+def child_official(root: Path, h: int, w: int, threads: int, warmup: int, iters: int, cuda: bool = False) -> dict:
     pinned = _pin(threads)
     import numpy as np
     import torch
@@ -169,13 +173,18 @@ def child_official(root: Path, h: int, w: int, threads: int, warmup: int, iters:
     torch.set_num_threads(threads)
     sys.path[:0] = [str(root / "DIPFKP"), str(root)]  # as DIPFKP/main.py sees them (run from DIPFKP/)
 
-    # CUDA -> CPU, from outside (see the module docstring).
-    redirect_cuda_to_cpu(torch)
+    if cuda:  # as released: its own .cuda() calls and CUDA checkpoint
+        if not torch.cuda.is_available():
+            raise RuntimeError("--cuda: torch sees no CUDA device")
+        device = torch.device("cuda")
+    else:  # CUDA -> CPU, from outside (see the module docstring).
+        redirect_cuda_to_cpu(torch)
+        device = torch.device("cpu")
 
     from config.configs import Config  # DIR/DIPFKP/config/configs.py
     import model.model as official  # DIR/DIPFKP/model/model.py
 
-    stamps = record_loop_steps(official)
+    stamps = record_loop_steps(official, torch.cuda.synchronize if cuda else None)
 
     conf = Config().parser.parse_args([])  # the official defaults, without parse()'s torch.cuda.set_device
     k = min(SF * 4 + 3, 21)
@@ -191,12 +200,12 @@ def child_official(root: Path, h: int, w: int, threads: int, warmup: int, iters:
         conf.real = True
         conf.kernel_gt = np.ones([k, k])  # as Config.parse() sets it for --real
         torch.manual_seed(1)
-        lr = torch.rand(1, 3, h // SF, w // SF)
-        m = official.DIPFKP(conf, lr, device=torch.device("cpu"))
+        lr = torch.rand(1, 3, h // SF, w // SF).to(device)
+        m = official.DIPFKP(conf, lr, device=device)
         tensors = [*m.net_dip.parameters(), *m.net_kp.parameters(), *m.net_kp.buffers(), m.kernel_code, m.input_dip]
         devices = sorted({t.device.type for t in tensors})
-        if devices != ["cpu"]:
-            raise RuntimeError(f"official model not on the CPU: {devices}")
+        if devices != [device.type]:
+            raise RuntimeError(f"official model not on the {device.type}: {devices}")
         m.train()
     per_iter = [b - a for a, b in zip(stamps, stamps[1:])]
     if len(per_iter) != warmup + iters:
@@ -205,7 +214,8 @@ def child_official(root: Path, h: int, w: int, threads: int, warmup: int, iters:
     return {"side": "official", "h": h, "w": w, "threads": threads, "torch_threads": torch.get_num_threads(),
             "pinned_cpus": pinned, "s_per_iter": statistics.median(timed_s), "timed_s": timed_s,
             "warmup_s": per_iter[:warmup], "timed_iterations": [warmup + 1, warmup + iters],
-            "dip_lr": conf.dip_lr, "kp_lr": conf.kp_lr, "torch": torch.__version__}
+            "dip_lr": conf.dip_lr, "kp_lr": conf.kp_lr, "torch": torch.__version__,
+            "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 
 def child_ours(h: int, w: int, threads: int, warmup: int, iters: int) -> dict:
@@ -508,7 +518,7 @@ def child_env(side: str, threads: int) -> dict:
 def run_child(side: str, h: int, w: int, args, seeds: int = 1) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.vs_official", "--child", side, "--sizes", f"{h}x{w}",
            "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters),
-           "--method", args.method, "--seeds", str(seeds)]
+           "--method", args.method, "--seeds", str(seeds)] + (["--cuda"] if args.cuda else [])
     if side == "official":
         cmd += ["--official-dkp", str(args.official_dkp)] if args.method == "dipdkp" else \
             ["--official", str(args.official)]
@@ -558,12 +568,16 @@ def report(rows: list[dict], args, argv: list[str]) -> str:
             timing += (f" Not installed, replaced in the official child by do-nothing stubs: {', '.join(stubbed)} "
                        "(its .xls / TensorBoard logging: set-up and step 1 only, outside the timed steps).")
     unit = "s/step" if dkp else "s/it"
+    where = (f"GPU: {first['official']['device']} on both sides (official: CUDA as released, "
+             f"torch.cuda.synchronize() before each stamp; ours: {first['ours']['device']}, each step blocked on); "
+             f"host CPU {name}. " if args.cuda else
+             f"CPU: {name} ({'with' if avx512 else 'no'} AVX-512), {os.cpu_count()} cores, {n} thread{'s' * (n != 1)} on both sides "
+             f"(torch.set_num_threads({n}), OMP/MKL_NUM_THREADS={n}; {xla}"
+             f"{f'; both pinned to CPUs {pinned}' if pinned else ''}). ")
     lines = [
         f"### fkp-jax vs official PyTorch {what}, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         "",
-        f"CPU: {name} ({'with' if avx512 else 'no'} AVX-512), {os.cpu_count()} cores, {n} thread{'s' * (n != 1)} on both sides "
-        f"(torch.set_num_threads({n}), OMP/MKL_NUM_THREADS={n}; {xla}"
-        f"{f'; both pinned to CPUs {pinned}' if pinned else ''}). "
+        where +
         f"torch {first['official']['torch']}, jax {first['ours']['jax']}"
         f"{', fkp_jax.runtime.configure() called' if first['ours']['runtime_configure'] else ''}.",
         timing if dkp else
@@ -619,8 +633,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md", help="Markdown file appended to")
     p.add_argument("--no-append", action="store_true", help="print the table only, do not append it to --out")
     p.add_argument("--json", type=Path, help="also write the raw numbers here")
+    p.add_argument("--cuda", action="store_true",
+                   help="dipfkp on a GPU: the official code on CUDA as released (no redirection), ours on JAX's "
+                        "GPU backend; each official loop pass ends with torch.cuda.synchronize()")
     p.add_argument("--child", choices=("official", "ours"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.cuda and args.method != "dipfkp":
+        return fail("--cuda applies to --method dipfkp only")
     gan = args.method == "kernelganfkp"
     dkp = args.method == "dipdkp"
     args.iters = (DKP_WINDOW * 2 if dkp else 10) if args.iters is None else args.iters
@@ -646,8 +665,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.child == "official" and dkp:
             res = child_official_dkp(args.official_dkp.resolve(), h, w, args.threads, args.warmup, args.iters)
         elif args.child == "official":
-            res = (child_official_kernelgan if gan else child_official)(
-                args.official.resolve(), h, w, args.threads, args.warmup, args.iters)
+            res = child_official_kernelgan(args.official.resolve(), h, w, args.threads, args.warmup, args.iters) \
+                if gan else child_official(args.official.resolve(), h, w, args.threads, args.warmup, args.iters,
+                                           args.cuda)
         elif dkp:
             res = child_ours_dkp(h, w, args.threads, args.warmup, args.iters)
         elif gan:

@@ -67,6 +67,9 @@ def add_arguments(p):
     p.add_argument("--released-quirks", action="store_true",
                    help="the released code's behaviour (frozen kernel after a warm-up towards the GROUND-TRUTH "
                         "kernel, [0, 1] / magnitude value ranges, ...; needs ground-truth kernels)")
+    p.add_argument("--half", action="store_true",
+                   help="run the ADM torso in bfloat16 (accelerators; GroupNorm, softmax, embeddings and the output "
+                        "stay float32; see docs/benchmarks.md for speed and docs/results.md for the accuracy cost)")
     p.add_argument("--tiny", action="store_true",
                    help="test mode: the tiny golden networks of ../shared/reference/golden_diffdkp (untrained, 64 px "
                         "windows, 10 sampler steps) run the whole pipeline; results are meaningless")
@@ -121,7 +124,8 @@ def load(args):
     win = clf_cfg.image_size
     config = diffdkp.DiffDKPConfig(adm_config=adm_cfg, classifier_config=clf_cfg, sf=args.sf,
                                    kernel_size=KERNEL_SIZE, shift=KERNEL_SIZE // 2, window=win, stride=win // 2,
-                                   released_quirks=args.released_quirks)
+                                   released_quirks=args.released_quirks,
+                                   adm_dtype="bfloat16" if args.half else None)
     if args.tiny:
         config = dataclasses.replace(config, respacing=TINY_STEPS, kernel_start=TINY_KERNEL_START)
     nets = jax.tree.map(jnp.asarray, {"adm": adm_params, "classifier": clf_params})
@@ -166,7 +170,7 @@ def method():
         pad_gt_kernel=True, image_model="Diff-DKP (guided-diffusion ADM)",
         prior_help="DKP's kernel MLP G_k (the only choice)",
         weights_help="not used by Diff-DKP (use --adm / --classifier)",
-        recorded_options=("adm", "classifier", "released_quirks", "tiny"))
+        recorded_options=("adm", "classifier", "released_quirks", "half", "tiny"))
 
 
 def main(argv=None) -> int:

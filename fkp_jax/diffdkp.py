@@ -89,6 +89,11 @@ class DiffDKPConfig:
     window_bias: int = 10
     released_quirks: bool = False
     kernel_grad: bool | None = None  # None: not released_quirks
+    adm_dtype: str | None = None  # ADM torso dtype ("bfloat16" on accelerators; adm docstring); None: float32
+
+    @property
+    def torso_dtype(self):
+        return None if self.adm_dtype is None else jnp.dtype(self.adm_dtype)
 
     @property
     def grads_on(self) -> bool:
@@ -323,7 +328,8 @@ def sampler_step(nets, state: SamplerState, t, y, noise, k_random, config: DiffD
     t = jnp.asarray(t, jnp.int32)
     t_model = jnp.asarray(sched["timestep_map"], jnp.int32)[t][None]
     label = jnp.full((1,), config.class_label, jnp.int32)
-    model_out = adm.unet_apply(nets["adm"], x_t, t_model, label, config=config.adm_config)
+    model_out = adm.unet_apply(nets["adm"], x_t, t_model, label, config=config.adm_config,
+                               dtype=config.torso_dtype)
     x0_pred = predict_x0(sched, x_t, model_out[..., :3], t)
     y_dc = observation_for_dc(y, config)
     k_dc = gk_kernel(ks.kvars, config)

@@ -45,34 +45,33 @@ def reflect_pad1(x):
     return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
 
 
-IM2COL_MIN_POSITIONS = 128 * 128 + 1  # AVX-512 crossover, 2 cores (benchmarks/dip_net_speed.py)
-WINOGRAD_MIN_POSITIONS = 6 * 6  # AVX2: F(2x2, 3x3) from here on (below, XLA's own convolution)
-WINOGRAD4_MIN_POSITIONS = 48 * 48  # AVX2: F(4x4, 3x3) from here on
+IM2COL_MIN_POSITIONS = 128 * 128 + 1  # stride 2: AVX-512 crossover, 2 cores (benchmarks/dip_net_speed.py)
+WINOGRAD_MIN_POSITIONS = 6 * 6  # stride 1: F(2x2, 3x3) from here on (below, XLA's own convolution)
+WINOGRAD4_MIN_POSITIONS = 48 * 48  # stride 1: F(4x4, 3x3) from here on
 CONV_ALGORITHMS = ("xla", "im2col", "rows", "winograd", "winograd4")
 
 
 def conv_algorithm(out_positions: int, stride: int) -> str:
     """How `conv3x3` computes a 3x3 convolution with ``out_positions`` = OH * OW outputs, chosen per
-    backend and, on CPUs, per instruction set at run time (forward + backward, 2 cores):
+    backend at run time (forward + backward, 2 cores):
 
     - accelerators: "xla" (the platform's convolution).
-    - CPU with AVX-512: "xla" up to 128^2 outputs, "im2col" above (the choice measured on that kind:
-      whole step 256x256 1.10 s vs 1.33 s, 480x320 2.47 s vs 3.42 s).
-    - other CPUs (AVX2), stride 1: Winograd (`conv3x3_winograd`), F(4x4, 3x3) from 48^2 outputs on,
-      F(2x2, 3x3) from 6^2, "xla" below. Measured on 2 AMD EPYC Zen 3 cores (shared with another job)
-      against "rows" (`conv3x3_rows`, the choice before), one conv fwd + bwd, 144 -> 128 channels:
-      96^2 123 -> 56 ms, 256^2 913 -> 506 ms; 128 -> 128: 48^2 22.4 -> 13.7 ms, 24^2 9.3 -> 4.4-6.7 ms,
-      12^2 3.2 -> 1.9 ms (F(2, 3)); the whole DIP-FKP step (x2, FKP prior) 96^2 0.339 -> 0.261 s,
-      256^2 4.26 -> 2.73 s (`benchmarks/dip_net_speed.py --convs ...`, docs/benchmarks.md). The
-      F(4, 3) threshold is not sharp: from 12^2, 24^2 or 48^2 the 96^2 step differs by less than the
-      noise. Not measured on AVX-512 (no such machine reachable when this was written): the choice there
-      stays as measured before. Stride 2 as on AVX-512.
+    - CPUs, stride 1: Winograd (`conv3x3_winograd`), F(4x4, 3x3) from 48^2 outputs on, F(2x2, 3x3) from
+      6^2, "xla" below, on AVX2 and AVX-512 alike. Measured on 2 AMD EPYC Zen 3 cores (AVX2, shared with
+      another job) against "rows" (`conv3x3_rows`, the choice before), one conv fwd + bwd, 144 -> 128
+      channels: 96^2 123 -> 56 ms, 256^2 913 -> 506 ms; 128 -> 128: 48^2 22.4 -> 13.7 ms, 24^2 9.3 ->
+      4.4-6.7 ms, 12^2 3.2 -> 1.9 ms (F(2, 3)); the whole DIP-FKP step (x2, FKP prior) 96^2 0.339 -> 0.261 s,
+      256^2 4.26 -> 2.73 s (`benchmarks/dip_net_speed.py --convs ...`, docs/benchmarks.md). On 2 AMD EPYC
+      Zen 4 cores (AVX-512), the whole step against the earlier AVX-512 choice ("xla" up to 128^2 outputs,
+      "im2col" above), two alternating rounds: 96^2 0.215 / 0.223 -> 0.203 / 0.156 s, 256^2 2.11 / 1.67 ->
+      1.02 / 1.08 s (docs/benchmarks.md, "AVX-512 machine"). The F(4, 3) threshold is not sharp: from
+      12^2, 24^2 or 48^2 the 96^2 step differs by less than the noise.
+    - CPUs, stride 2: "xla" up to 128^2 outputs, "im2col" above (the choice measured on AVX-512: whole step
+      256x256 1.10 s vs 1.33 s, 480x320 2.47 s vs 3.42 s).
     """
-    from fkp_jax import runtime
-
     if jax.default_backend() != "cpu":
         return "xla"
-    if stride == 1 and not runtime.has_avx512():
+    if stride == 1:
         if out_positions >= WINOGRAD4_MIN_POSITIONS:
             return "winograd4"
         return "winograd" if out_positions >= WINOGRAD_MIN_POSITIONS else "xla"

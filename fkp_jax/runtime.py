@@ -1,8 +1,9 @@
 """What this process runs on, and the one process-wide setting that makes XLA:CPU fast here.
 
-- `cpu_flags()` / `has_avx512()`: the CPU's instruction sets, read at run time (``/proc/cpuinfo`` on
-  Linux), so that a choice that depends on the ISA (see `fkp_jax.dip.conv_algorithm`) is made for the
-  machine the code runs on, never by a user flag.
+- `cpu_flags()` / `has_avx512()` / `cpu_name()`: the CPU's instruction sets and model, read at run time
+  (``/proc/cpuinfo`` on Linux), for benchmark tables and tolerance reports (which name the CPU kind) and for
+  any choice that must depend on the ISA (none does now: `fkp_jax.dip.conv_algorithm` measured the same
+  choice best on AVX2 and AVX-512).
 - `configure()`: called once by every entry point (``experiments.*``, ``benchmarks.*``, the tests).
   On Linux with glibc it tells malloc to keep large blocks in its heap instead of returning them to the
   kernel (``mallopt``: no ``mmap`` for allocations, no trimming). XLA:CPU allocates each executable's

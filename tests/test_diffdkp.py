@@ -319,3 +319,25 @@ def test_run_micro():
     _, k_warm, _ = jax.random.split(jax.random.key(5), 3)
     ks = dd._setup_kernel(kv, k_warm, None, cfg)
     assert float(jnp.max(jnp.abs(k - dd.gk_kernel(ks.kvars)))) > 1e-6
+
+
+def test_half_torso_reaches_the_adm():
+    """``adm_dtype="bfloat16"`` (the CLI's --half) runs the sampler step's ADM torso in bfloat16: its output
+    differs from float32 (the dtype reached the network) by no more than bfloat16 rounding (the 0.15 relative
+    bound of test_adm's half-precision test), and the step's state stays float32."""
+    shapes = {"adm": adm.init_shapes(MICRO_ADM), "classifier": adm.init_shapes(MICRO_CLF)}
+    rng = np.random.default_rng(7)
+    nets = jax.tree.map(lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype), shapes)
+    cfg = dd.DiffDKPConfig(adm_config=MICRO_ADM, classifier_config=MICRO_CLF, respacing=10, kernel_start=8,
+                           window=16, stride=8)
+    half = dataclasses.replace(cfg, adm_dtype="bfloat16")
+    assert cfg.torso_dtype is None and half.torso_dtype == jnp.bfloat16
+    ks = dd.init_kernel_state(dd.kernel_priors.mlp_init(jax.random.key(6), 19), cfg)
+    state = dd.SamplerState(jax.random.normal(jax.random.key(1), (1, 16, 16, 3)), ks)
+    y = jax.random.uniform(jax.random.key(2), (1, 16, 16, 3))
+    noise, k_random = dd.draws(jax.random.key(3), (1, 16, 16, 3), cfg)
+    outs = [dd.sampler_step(nets, state, 5, y, noise[0], k_random[0], c) for c in (cfg, half)]
+    m32, m16 = (np.asarray(aux["model_out"]) for _, aux in outs)
+    assert outs[1][0].x_t.dtype == jnp.float32 and m16.dtype == np.float32
+    err = np.max(np.abs(m16 - m32)) / np.max(np.abs(m32))
+    assert 0 < err < 0.15, err

@@ -168,18 +168,16 @@ def test_conv3x3_winograd_float32_error(algorithm, bound):
 
 
 def test_conv_algorithm_choice(monkeypatch):
-    """CPU: AVX-512 keeps XLA's conv up to 128^2 outputs and im2col above; other CPUs use Winograd for stride 1,
-    F(4x4, 3x3) from 48^2 outputs, F(2x2, 3x3) from 6^2, XLA's conv below; stride 2 is chosen as on AVX-512
-    everywhere; accelerators use XLA's conv."""
+    """CPU, AVX2 and AVX-512 alike: Winograd for stride 1, F(4x4, 3x3) from 48^2 outputs, F(2x2, 3x3) from
+    6^2, XLA's conv below; stride 2: XLA's conv up to 128^2 outputs, im2col above; accelerators: XLA's conv."""
     from fkp_jax import runtime
 
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    monkeypatch.setattr(runtime, "has_avx512", lambda: True)
-    assert [dip.conv_algorithm(n, 1) for n in (96 * 96, 128 * 128, 128 * 128 + 1)] == ["xla", "xla", "im2col"]
-    monkeypatch.setattr(runtime, "has_avx512", lambda: False)
-    assert [dip.conv_algorithm(n, 1) for n in (5 * 5, 6 * 6, 47 * 48, 48 * 48, 256 * 256)] == [
-        "xla", "winograd", "winograd", "winograd4", "winograd4"]
-    assert [dip.conv_algorithm(n, 2) for n in (48 * 48, 256 * 256)] == ["xla", "im2col"]
+    for avx512 in (True, False):
+        monkeypatch.setattr(runtime, "has_avx512", lambda: avx512)
+        assert [dip.conv_algorithm(n, 1) for n in (5 * 5, 6 * 6, 47 * 48, 48 * 48, 256 * 256)] == [
+            "xla", "winograd", "winograd", "winograd4", "winograd4"]
+        assert [dip.conv_algorithm(n, 2) for n in (48 * 48, 128 * 128, 128 * 128 + 1)] == ["xla", "xla", "im2col"]
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert dip.conv_algorithm(256 * 256, 1) == "xla"
     with pytest.raises(ValueError, match="algorithm"):
