@@ -168,8 +168,9 @@ def test_degradation_replays_recorded_draws(gk, x64):
             out = run(hr, draws, s)
             if x64:  # kernels in float64 then cast, as the original: bit for bit
                 np.testing.assert_array_equal(np.asarray(out.kernel), d[p + "kernel_f32"])
-            else:
-                np.testing.assert_allclose(np.asarray(out.kernel), d[p + "kernel_f32"], rtol=0, atol=3e-8)
+            else:  # float32 throughout: exp and the normalisation round per machine; seen up to 5.0e-7
+                # relative (8 ulp, AMD Zen 4 AVX-512; 3e-8 absolute on Zen 3 AVX2): 4x margin
+                np.testing.assert_allclose(np.asarray(out.kernel), d[p + "kernel_f32"], rtol=2e-6, atol=1e-9)
             np.testing.assert_allclose(np.asarray(out.kernel_params), d[p + "kernel_params_f64"], rtol=3e-7)
             np.testing.assert_allclose(np.asarray(out.noise_sigma), d[p + "noise_sigma_f32"][:, 0],
                                        rtol=2.5e-7)  # 2 ulp
