@@ -2,22 +2,58 @@
 
     python -m benchmarks.kulnet_speed                                   # x4, LR 128x128; train batch 2 of 96x96
     python -m benchmarks.kulnet_speed --lr-size 128 --train-batch 16 --train-patch 192   # the original's batch
+    python -m benchmarks.kulnet_speed --official DIR                   # + the original's inference, same run
 
 Params are a fresh draw (`kulnet_train.init_params`: speed does not depend on the values). Inference is
 `kulnet.forward` (the latent sampled from a key, as at test time), the first call (compilation) timed
 apart, then the median of --repeats calls. Training is `kulnet_train.make_train_step` (degradation drawn
-inside the jitted step), the same way. The table is appended to --out with the CPU named. The original's
-PyTorch figures (golden_kulnet README 11: 39.8 s for a 128x128 LR, 268.8 s per step at batch 16 of 192x192,
-2 cores under load) were measured by the reference's makers, not in this run.
+inside the jitted step), the same way. The table is appended to --out with the CPU named.
+
+--official DIR (a checkout of github.com/Fangzhenxuan/UncertaintySR, run from outside, none of its files
+edited or copied) times the original's inference in a child process before ours, in the same run:
+`codes/models/modules/BlindNet_arch.py`'s `BlindNet(scale)` seeded with `torch.manual_seed(0)`, `eval()`,
+`forward(lr, None)` under `torch.no_grad()`, the first call apart and the median of the next --repeats, on
+all the CPUs (`torch.set_num_threads(os.cpu_count())`). The one change it needs on a CPU is made from
+outside: `torch.Tensor.cuda` is the identity (golden_kulnet README 1, M3: the model calls `.cuda()` on
+tensors it creates). Its training step is not timed here (golden_kulnet README 11: 268.8 s per step at
+batch 16 of 192x192 on 2 loaded cores, measured by the reference's makers).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+MARK = "@@kulnet_speed@@ "
+
+
+def child_official(root: Path, sf: int, lr_size: int, repeats: int) -> dict:
+    """The original's x``sf`` inference on a random ``lr_size``^2 LR (see the module docstring)."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    torch.Tensor.cuda = lambda self, *a, **kw: self  # M3: its .cuda() calls on new tensors
+    sys.path.insert(0, str(root / "codes"))
+    from models.modules.BlindNet_arch import BlindNet  # DIR/codes/models/modules/BlindNet_arch.py
+
+    torch.manual_seed(0)
+    net = BlindNet(scale=sf).eval()
+    lr = torch.rand(1, 3, lr_size, lr_size)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            out = net(lr, None)[0]
+            times.append(time.perf_counter() - start)
+    assert tuple(out.shape) == (1, 3, sf * lr_size, sf * lr_size), tuple(out.shape)
+    return {"first": times[0], "median": statistics.median(times[1:]), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -43,7 +79,29 @@ def main(argv=None) -> int:
     p.add_argument("--train-patch", type=int, default=96, help="HR patch side of the training batch")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    p.add_argument("--official", type=Path, help="checkout of github.com/Fangzhenxuan/UncertaintySR")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child:
+        print(MARK + json.dumps(child_official(args.official.resolve(), args.sf, args.lr_size, args.repeats)))
+        return 0
+    official = None
+    if args.official is not None:
+        if not (args.official / "codes" / "models" / "modules" / "BlindNet_arch.py").is_file():
+            print(f"kulnet_speed: error: {args.official} is not a checkout of Fangzhenxuan/UncertaintySR "
+                  "(no codes/models/modules/BlindNet_arch.py)", file=sys.stderr)
+            return 2
+        res = subprocess.run([sys.executable, "-m", "benchmarks.kulnet_speed", "--child", "--official",
+                              str(args.official), "--sf", str(args.sf), "--lr-size", str(args.lr_size),
+                              "--repeats", str(args.repeats)], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+        lines = [ln for ln in res.stdout.splitlines() if ln.startswith(MARK)]
+        if res.returncode != 0 or not lines:
+            print(f"kulnet_speed: the official child failed:\n{res.stderr[-3000:]}", file=sys.stderr)
+            return 1
+        official = json.loads(lines[-1][len(MARK):])
+        print(f"official inference LR {args.lr_size}^2 x{args.sf}: {official['median']:.2f} s "
+              f"(first call {official['first']:.1f} s)", flush=True)
 
     from fkp_jax import runtime
 
@@ -75,6 +133,9 @@ def main(argv=None) -> int:
              "| what | seconds (median of {}) | first call (compilation included) |".format(args.repeats),
              "| --- | ---: | ---: |",
              f"| inference, LR {args.lr_size}x{args.lr_size} -> SR x{args.sf} | {inf:.2f} | {inf_first:.1f} |",
+             *([f"| the original's inference, same run (torch {official['torch']}, {official['threads']} threads) "
+                f"| {official['median']:.2f} | {official['first']:.1f} |",
+                f"| ratio ours / original, inference | {inf / official['median']:.2f} | |"] if official else []),
              f"| training step, batch {args.train_batch} of {args.train_patch}x{args.train_patch} HR | {tr:.2f} | "
              f"{tr_first:.1f} |"]
     print(append_table(args.out, lines))
