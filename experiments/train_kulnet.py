@@ -288,6 +288,9 @@ def main(argv=None) -> int:
     p.add_argument("--cache-mb", type=float, default=2048, help="memory for decoded training images")
     p.add_argument("--devices", type=int, default=None,
                    help="data parallel over this many visible devices (default all; the batch must split evenly)")
+    p.add_argument("--half", action="store_true",
+                   help="mixed precision: convolutions in bfloat16, parameters and optimiser in float32 (for GPUs; "
+                        "slower on CPUs)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -300,7 +303,8 @@ def main(argv=None) -> int:
             d = getattr(a, name)
             if d is not None and not d.is_dir():
                 raise ValueError(f"--{name.replace('_', '-')} {d}: no such folder")
-        cfg = kt.TrainConfig(sf=a.sf, batch_size=a.batch, patch=a.patch, seed=a.seed)
+        cfg = kt.TrainConfig(sf=a.sf, batch_size=a.batch, patch=a.patch, seed=a.seed,
+                             compute_dtype="bfloat16" if a.half else None)
         res = train(cfg, a.hr_dir, a.out, a.steps, a.checkpoint_every, a.val_dir, a.val_every, a.init,
                     progress=not a.no_progress, cache_mb=a.cache_mb, devices=a.devices)
     except (ValueError, OSError) as exc:

@@ -165,31 +165,34 @@ def recon_step(res, w, u, delta):
 
 # ----------------------------------------------------------------------------- Flax modules (NHWC)
 
-def _conv(features: int, name: str, k: int = 3, stride: int = 1, init=_KE_INIT) -> nn.Conv:
+def _conv(features: int, name: str, k: int = 3, stride: int = 1, init=_KE_INIT, dtype=None) -> nn.Conv:
+    """``dtype``: the convolution's computation dtype (None: its input's); parameters stay as given."""
     p = (k - 1) // 2
     return nn.Conv(features, (k, k), strides=stride, padding=((p, p), (p, p)), precision=PRECISION,
-                   kernel_init=init, name=name)
+                   kernel_init=init, dtype=dtype, name=name)
 
 
 class ResBlock(nn.Module):
     """Pre-activation residual block x + conv(relu(conv(relu(x)))) (torch ``body.1`` / ``body.3``)."""
     features: int = LATENT
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
-        r = _conv(self.features, "body_1")(nn.relu(x))
-        return x + _conv(self.features, "body_3")(nn.relu(r))
+        r = _conv(self.features, "body_1", dtype=self.dtype)(nn.relu(x))
+        return x + _conv(self.features, "body_3", dtype=self.dtype)(nn.relu(r))
 
 
 class EncodingBlock(nn.Module):
     """Conv_head, 2 ResBlocks, ReLU -> skip; 3x3 stride-2 conv (padding 1, ceil(n / 2)) -> out. Returns (out, skip)."""
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
-        x = _conv(LATENT, "Conv_head")(x)
-        x = ResBlock(name="ResBlock1")(x)
-        skip = nn.relu(ResBlock(name="ResBlock2")(x))
-        return _conv(LATENT, "downsample", stride=2)(skip), skip
+        x = _conv(LATENT, "Conv_head", dtype=self.dtype)(x)
+        x = ResBlock(dtype=self.dtype, name="ResBlock1")(x)
+        skip = nn.relu(ResBlock(dtype=self.dtype, name="ResBlock2")(x))
+        return _conv(LATENT, "downsample", stride=2, dtype=self.dtype)(skip), skip
 
 
 class ConvTransposeTo(nn.Module):
@@ -197,11 +200,14 @@ class ConvTransposeTo(nn.Module):
     op = target - (2 n - 1), 0 or 1 per axis by the skip's parity. Computed as the input dilated by 2, padded
     (1, 1 + op), CORRELATED with ``kernel`` (3, 3, in, out) = torch (in, out, kh, kw) spatially flipped."""
     features: int = LATENT
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x, out_hw):
         kernel = self.param("kernel", _KE_INIT, (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
         pads = []
         for n, target in zip(x.shape[1:3], out_hw):
             op = target - (2 * n - 1)
@@ -217,35 +223,42 @@ class DecodingBlock(nn.Module):
     """Conv_t up to the skip's size, concat([UPSAMPLED, skip]) (this order, unlike the DLSM U-Net: golden 2.1),
     Conv_head 128 -> 64, 2 ResBlocks, ReLU."""
 
+    dtype: Any = None
+
     @nn.compact
     def __call__(self, x, skip):
-        up = ConvTransposeTo(name="Conv_t")(x, skip.shape[1:3])
-        x = _conv(LATENT, "Conv_head")(jnp.concatenate([up, skip], axis=-1))
-        x = ResBlock(name="ResBlock1")(x)
-        return nn.relu(ResBlock(name="ResBlock2")(x))
+        up = ConvTransposeTo(dtype=self.dtype, name="Conv_t")(x, skip.shape[1:3])
+        x = _conv(LATENT, "Conv_head", dtype=self.dtype)(jnp.concatenate([up, skip.astype(up.dtype)], axis=-1))
+        x = ResBlock(dtype=self.dtype, name="ResBlock1")(x)
+        return nn.relu(ResBlock(dtype=self.dtype, name="ResBlock2")(x))
 
 
 class KernelExtra(nn.Module):
     """Kernel-estimation branch (spec 1, golden 2.1; class ``kernel_extra_mean_var``): U-Net -> mean = relu(conv),
     log_var = conv (acts as log sigma); z = mean + eps exp(log_var); per-pixel 441 logits, softmax over channels,
     mean over pixels -> kernel (N, 21, 21), channel c = entry (c // 21, c % 21). ``eps`` (N, h, w, 64) is the
-    latent noise: the original draws it in eval mode too (quirk kept: pass noise at test time as well)."""
+    latent noise: the original draws it in eval mode too (quirk kept: pass noise at test time as well).
+    ``dtype``: the convolutions' computation dtype (mixed precision); the latent, softmax and kernel stay in
+    lr's dtype."""
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, lr, eps):
-        x, skip1 = EncodingBlock(name="Encoding_Block1")(lr)
+        x, skip1 = EncodingBlock(dtype=self.dtype, name="Encoding_Block1")(lr)
         self.sow("intermediates", "enc1_skip", skip1)
         self.sow("intermediates", "enc1_out", x)
-        x, skip2 = EncodingBlock(name="Encoding_Block2")(x)
+        x, skip2 = EncodingBlock(dtype=self.dtype, name="Encoding_Block2")(x)
         self.sow("intermediates", "enc2_skip", skip2)
         self.sow("intermediates", "enc2_out", x)
-        x = ConvMid(name="Conv_mid")(x)
+        x = ConvMid(dtype=self.dtype, name="Conv_mid")(x)
         self.sow("intermediates", "mid", x)
-        x = DecodingBlock(name="Decoding_Block1")(x, skip2)
+        x = DecodingBlock(dtype=self.dtype, name="Decoding_Block1")(x, skip2)
         self.sow("intermediates", "dec1", x)
-        x = DecodingBlock(name="Decoding_Block2")(x, skip1)
+        x = DecodingBlock(dtype=self.dtype, name="Decoding_Block2")(x, skip1)
         self.sow("intermediates", "dec2", x)
-        mean, log_var, logits = ConvTail(name="Conv_tail")(x, eps.astype(x.dtype))
+        x = x.astype(lr.dtype)
+        mean, log_var, logits = ConvTail(dtype=self.dtype, name="Conv_tail")(x, eps.astype(lr.dtype))
+        logits = logits.astype(lr.dtype)
         prob = jax.nn.softmax(logits, axis=-1)
         kernel = prob.mean(axis=(1, 2)).reshape(-1, KERNEL_SIZE, KERNEL_SIZE)
         return kernel, mean, log_var
@@ -253,23 +266,26 @@ class KernelExtra(nn.Module):
 
 class ConvMid(nn.Module):
     """5 x (conv 64 -> 64, ReLU) (torch ``body.0, 2, 4, 6, 8``)."""
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
         for i in range(5):
-            x = nn.relu(_conv(LATENT, f"body_{2 * i}")(x))
+            x = nn.relu(_conv(LATENT, f"body_{2 * i}", dtype=self.dtype)(x))
         return x
 
 
 class ConvTail(nn.Module):
-    """mean = relu(conv), log_var = conv, z = mean + eps exp(log_var), logits = Conv_end(z) (3x3, 64 -> 441)."""
+    """mean = relu(conv), log_var = conv, z = mean + eps exp(log_var), logits = Conv_end(z) (3x3, 64 -> 441).
+    With a ``dtype`` the convolutions run in it; mean, log_var and z are formed in eps's dtype."""
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x, eps):
-        mean = nn.relu(_conv(LATENT, "mean_0")(x))
-        log_var = _conv(LATENT, "log_var_0")(x)
+        mean = nn.relu(_conv(LATENT, "mean_0", dtype=self.dtype)(x)).astype(eps.dtype)
+        log_var = _conv(LATENT, "log_var_0", dtype=self.dtype)(x).astype(eps.dtype)
         z = mean + eps * jnp.exp(log_var)
-        logits = _conv(KERNEL_SIZE ** 2, "Conv_end")(z)
+        logits = _conv(KERNEL_SIZE ** 2, "Conv_end", dtype=self.dtype)(z)
         for name, v in (("mean", mean), ("log_var", log_var), ("z", z), ("logits", logits)):
             self.sow("intermediates", name, v)
         return mean, log_var, logits
@@ -278,6 +294,7 @@ class ConvTail(nn.Module):
 class Encoding(nn.Module):
     """DLSM U-Net encoder (golden 2.2): E1 = 2 x (conv + ReLU) 32 -> 32; E2..E5 = avg-pool 2 then 2 x (conv + ReLU)
     with 32 -> 64, 64 -> 64, 64 -> 128, 128 -> 128. Returns (E1, ..., E5)."""
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
@@ -285,8 +302,8 @@ class Encoding(nn.Module):
         for lvl, c in enumerate((32, 64, 64, 128, 128), start=1):
             if lvl > 1:
                 x = avg_pool2(x)
-            x = nn.relu(_conv(c, f"E{lvl}_0", init=_SR_INIT)(x))
-            x = nn.relu(_conv(c, f"E{lvl}_2", init=_SR_INIT)(x))
+            x = nn.relu(_conv(c, f"E{lvl}_0", init=_SR_INIT, dtype=self.dtype)(x))
+            x = nn.relu(_conv(c, f"E{lvl}_2", init=_SR_INIT, dtype=self.dtype)(x))
             outs.append(x)
         return tuple(outs)
 
@@ -295,13 +312,14 @@ class Decoding(nn.Module):
     """DLSM U-Net decoder and heads (golden 2.2): D_k = 2 x (conv + ReLU) of concat([ENCODER map, bilinear_up2(deeper)])
     (encoder first, unlike the kernel branch); widths 128, 64, 64, 32. Heads on D4: conv, ReLU, conv, ReLU, 1x1 conv
     -> 3 for w and (separately) for u. Returns (w, u) at the padded size."""
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, enc):
-        conv = lambda c, name, k=3: _conv(c, name, k=k, init=_SR_INIT)  # noqa: E731
+        conv = lambda c, name, k=3: _conv(c, name, k=k, init=_SR_INIT, dtype=self.dtype)  # noqa: E731
         x = enc[4]
         for lvl, (c, skip) in enumerate(zip((128, 64, 64, 32), (enc[3], enc[2], enc[1], enc[0])), start=1):
-            x = jnp.concatenate([skip, bilinear_up2(x)], axis=-1)
+            x = jnp.concatenate([skip, bilinear_up2(x).astype(skip.dtype)], axis=-1)
             x = nn.relu(conv(c, f"D{lvl}_0")(x))
             x = nn.relu(conv(c, f"D{lvl}_2")(x))
         heads = []
@@ -316,16 +334,18 @@ class DLSM(nn.Module):
     """Reconstruction branch (spec 2, golden 2.2; class ``DLSM``), ``scale`` static. X0 = A^T y; for stage i:
     R = X + A^T(y - A X) (unit step); f_i = conv(X) (one shared 3 -> 32 conv); F = Den_con{i+1}(concat[f_0..f_i]);
     reflect-pad F bottom/right to a multiple of 16; shared U-Net -> (W, U) cropped back; X = recon_step(R, W, U,
-    delta_i). Output X after 4 stages, not clamped. lr (N, h, w, 3), kernels (N, 21, 21) -> (N, h s, w s, 3)."""
+    delta_i). Output X after 4 stages, not clamped. lr (N, h, w, 3), kernels (N, 21, 21) -> (N, h s, w s, 3).
+    ``dtype``: the convolutions' computation dtype (mixed precision); A, A^T and the recon step stay in lr's."""
     scale: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, lr, kernels):
         s = self.scale
         deltas = [self.param(f"delta_{i}", lambda key, shape: 0.1 + 0.01 * jax.random.normal(key, shape), (1,))
                   for i in range(N_STAGES)]
-        encoding, decoding = Encoding(name="Encoding"), Decoding(name="Decoding")
-        feat_conv = _conv(32, "conv", init=_SR_INIT)
+        encoding, decoding = Encoding(dtype=self.dtype, name="Encoding"), Decoding(dtype=self.dtype, name="Decoding")
+        feat_conv = _conv(32, "conv", init=_SR_INIT, dtype=self.dtype)
         x = op_AT(lr, kernels, s)
         self.sow("intermediates", "X0", x)
         feats = []
@@ -333,7 +353,7 @@ class DLSM(nn.Module):
             ax = op_A(x, kernels, s)
             res = x + op_AT(lr - ax, kernels, s)
             feats.append(feat_conv(x))
-            fused = _conv(32, f"Den_con{i + 1}", k=1, init=_SR_INIT)(jnp.concatenate(feats, axis=-1))
+            fused = _conv(32, f"Den_con{i + 1}", k=1, init=_SR_INIT, dtype=self.dtype)(jnp.concatenate(feats, axis=-1))
             h, w = fused.shape[1:3]
             if -h % PAD_MULTIPLE >= h or -w % PAD_MULTIPLE >= w:  # the original's ReflectionPad2d refuses too
                 raise ValueError(f"KULNet needs an SR size whose reflect padding to a multiple of {PAD_MULTIPLE} "
@@ -341,7 +361,7 @@ class DLSM(nn.Module):
             padded = jnp.pad(fused, ((0, 0), (0, -h % PAD_MULTIPLE), (0, -w % PAD_MULTIPLE), (0, 0)), mode="reflect")
             enc = encoding(padded)
             w_full, u_full = decoding(enc)
-            wmap, umap = w_full[:, :h, :w], u_full[:, :h, :w]
+            wmap, umap = w_full[:, :h, :w].astype(res.dtype), u_full[:, :h, :w].astype(res.dtype)
             x = recon_step(res, wmap, umap, deltas[i].astype(res.dtype))
             for name, v in (("AX", ax), ("res", res), ("w", wmap), ("u", umap), ("out", x), ("fea", feats[-1]),
                             ("fufea", fused), ("W_full", w_full), ("U_full", u_full)):
@@ -353,13 +373,16 @@ class DLSM(nn.Module):
 
 class KULNet(nn.Module):
     """The whole network (``BlindNet``): kernel = KernelExtra(lr, eps); sr = DLSM(lr, kernel). Returns
-    (sr, kernel, mean, log_var); the original's kernel broadcast to (N, h w s^2, 21, 21) is not materialised."""
+    (sr, kernel, mean, log_var); the original's kernel broadcast to (N, h w s^2, 21, 21) is not materialised.
+    ``dtype`` (e.g. bfloat16): every convolution computes in it, the rest in lr's dtype (as the original's
+    ``torch.cuda.amp.autocast`` on a GPU runs convolutions in float16)."""
     scale: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, lr, eps):
-        kernel, mean, log_var = KernelExtra(name="kernel_extra")(lr, eps)
-        sr = DLSM(self.scale, name="SR_net")(lr, kernel)
+        kernel, mean, log_var = KernelExtra(dtype=self.dtype, name="kernel_extra")(lr, eps)
+        sr = DLSM(self.scale, dtype=self.dtype, name="SR_net")(lr, kernel)
         return sr, kernel, mean, log_var
 
 
@@ -382,23 +405,25 @@ def latent_noise(key, lr_shape, dtype=jnp.float32):
     return jax.random.normal(key, (n, h, w, LATENT), dtype)
 
 
-def apply(params, lr, eps, scale: int, capture: bool = False):
+def apply(params, lr, eps, scale: int, capture: bool = False, dtype=None):
     """The network, pure and not jitted: params (tree of ``params_from_state_dict``), lr (N, h, w, 3), eps
     (N, h, w, 64) -> KULNetOutput, plus the sown intermediates {'kernel_extra': {...}, 'SR_net': {...}} (each a
-    tuple of maps in call order) if ``capture``. Runs in lr's dtype (float64 under ``jax.enable_x64(True)``)."""
-    out, state = KULNet(scale).apply({"params": _cast(params, lr.dtype)}, lr, eps.astype(lr.dtype),
-                                     mutable=["intermediates"])
+    tuple of maps in call order) if ``capture``. Runs in lr's dtype (float64 under ``jax.enable_x64(True)``);
+    ``dtype`` (mixed precision, e.g. ``jnp.bfloat16``): the convolutions compute in it (`KULNet`)."""
+    out, state = KULNet(scale, dtype).apply({"params": _cast(params, lr.dtype)}, lr, eps.astype(lr.dtype),
+                                            mutable=["intermediates"])
     out = KULNetOutput(*out)
     return (out, state["intermediates"]) if capture else out
 
 
-_forward = jax.jit(apply, static_argnames=("scale", "capture"))
+_forward = jax.jit(apply, static_argnames=("scale", "capture", "dtype"))
 
 
-def forward(params, lr, scale: int, key=None, eps=None, capture: bool = False):
+def forward(params, lr, scale: int, key=None, eps=None, capture: bool = False, dtype=None):
     """KULNet x``scale`` on NHWC ``lr`` (N, h, w, 3) in [0, 1] -> KULNetOutput [, intermediates if ``capture``]
     (jitted per shape, dtype and scale; float64 under ``jax.enable_x64(True)``). The latent noise is ``eps`` if
-    given, else drawn from ``key`` (one of the two is required: the original samples at test time too, spec 7)."""
+    given, else drawn from ``key`` (one of the two is required: the original samples at test time too, spec 7).
+    ``dtype``: mixed precision, the convolutions' computation dtype (``apply``)."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     lr = jnp.asarray(lr)
@@ -408,7 +433,8 @@ def forward(params, lr, scale: int, key=None, eps=None, capture: bool = False):
         if key is None:
             raise ValueError("pass a jax.random key (or eps): KULNet samples its latent at test time")
         eps = latent_noise(key, lr.shape, lr.dtype)
-    return _forward(params, lr, jnp.asarray(eps, lr.dtype), int(scale), bool(capture))
+    return _forward(params, lr, jnp.asarray(eps, lr.dtype), int(scale), bool(capture),
+                    None if dtype is None else jnp.dtype(dtype))
 
 
 REAL_CROP = {4: 3, 3: 6, 2: 11}  # LR pixels added per side for real images (golden 8; KULNET_SPEC 5 correction)

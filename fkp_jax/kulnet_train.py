@@ -78,6 +78,9 @@ class TrainConfig:
     kernel_loss_factor: float = 1e4  # hard-coded in the original
     seed: int = 0
     degradation: DegradationConfig = DegradationConfig()
+    compute_dtype: str | None = None  # mixed precision: "bfloat16" runs every convolution in it (the original
+    # uses torch.cuda.amp, float16 convolutions with a GradScaler, on GPUs); parameters, Adam and losses stay
+    # float32; bfloat16 has float32's exponent range, so no loss scaling is needed
 
     @property
     def patch_size(self) -> int:
@@ -204,7 +207,8 @@ def losses(params, hr, lr, kernel_gt, eps, cfg: TrainConfig):
     """(total, {l_pix, l_ker, l_kl}) of ``B_Model.optimize_parameters`` (golden 6.2): l_pix = w_pix mean|SR - HR|;
     l_ker = w_ker mean|f K_est - f K_gt| / P (f = 1e4, P = h w s^2 the original's broadcast positions);
     l_kl = 0.001 mean(-1/2 (1 + 2 log_var - mean^2 - exp(2 log_var))). hr (B, H, W, 3), lr (B, h, w, 3)."""
-    out = kulnet.apply(params, lr, eps, cfg.sf)
+    dtype = None if cfg.compute_dtype is None else jnp.dtype(cfg.compute_dtype)
+    out = kulnet.apply(params, lr, eps, cfg.sf, dtype=dtype)
     l_pix = cfg.pixel_weight * jnp.mean(jnp.abs(out.sr - hr))
     positions = lr.shape[1] * lr.shape[2] * cfg.sf ** 2
     f = cfg.kernel_loss_factor
