@@ -222,7 +222,6 @@ class ConvTransposeTo(nn.Module):
 class DecodingBlock(nn.Module):
     """Conv_t up to the skip's size, concat([UPSAMPLED, skip]) (this order, unlike the DLSM U-Net: golden 2.1),
     Conv_head 128 -> 64, 2 ResBlocks, ReLU."""
-
     dtype: Any = None
 
     @nn.compact
