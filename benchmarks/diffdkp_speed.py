@@ -24,12 +24,12 @@ import argparse
 import datetime
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.children import REPO, run_marked
+
 MARK = "@@diffdkp_speed@@ "
 REAL_ADM_FLOP, REAL_STEP_FLOP = 2.24e12, 2.7e12  # golden_diffdkp README 9 (DKP_SPEC 8: 1.12e12 MACs per forward)
 
@@ -120,12 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     for prec in args.precisions:  # each in a fresh process: its own peak memory
         cmd = [sys.executable, "-m", "benchmarks.diffdkp_speed", "--child", prec, "--steps", str(args.steps),
                "--warmup", str(args.warmup)] + (["--tiny"] if args.tiny else [])
-        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        lines = [ln for ln in res.stdout.splitlines() if ln.startswith(MARK)]
-        if res.returncode != 0 or not lines:
-            print(f"diffdkp_speed: {prec} case failed (exit {res.returncode}):\n{res.stderr[-3000:]}", file=sys.stderr)
+        try:
+            rows.append(run_marked(cmd, MARK))
+        except RuntimeError as e:
+            print(f"diffdkp_speed: {prec} case: {e}", file=sys.stderr)
             return 1
-        rows.append(json.loads(lines[-1][len(MARK):]))
         print(json.dumps(rows[-1]), flush=True)
     r0 = rows[0]
     from fkp_jax.runtime import cpu_name

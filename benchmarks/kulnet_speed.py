@@ -25,10 +25,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.children import run_marked
 
 MARK = "@@kulnet_speed@@ "
 
@@ -91,15 +92,13 @@ def main(argv=None) -> int:
             print(f"kulnet_speed: error: {args.official} is not a checkout of Fangzhenxuan/UncertaintySR "
                   "(no codes/models/modules/BlindNet_arch.py)", file=sys.stderr)
             return 2
-        res = subprocess.run([sys.executable, "-m", "benchmarks.kulnet_speed", "--child", "--official",
-                              str(args.official), "--sf", str(args.sf), "--lr-size", str(args.lr_size),
-                              "--repeats", str(args.repeats)], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parents[1])
-        lines = [ln for ln in res.stdout.splitlines() if ln.startswith(MARK)]
-        if res.returncode != 0 or not lines:
-            print(f"kulnet_speed: the official child failed:\n{res.stderr[-3000:]}", file=sys.stderr)
+        try:
+            official = run_marked([sys.executable, "-m", "benchmarks.kulnet_speed", "--child", "--official",
+                                   str(args.official), "--sf", str(args.sf), "--lr-size", str(args.lr_size),
+                                   "--repeats", str(args.repeats)], MARK)
+        except RuntimeError as e:
+            print(f"kulnet_speed: the official {e}", file=sys.stderr)
             return 1
-        official = json.loads(lines[-1][len(MARK):])
         print(f"official inference LR {args.lr_size}^2 x{args.sf}: {official['median']:.2f} s "
               f"(first call {official['first']:.1f} s)", flush=True)
 
