@@ -8,8 +8,9 @@ Validation NLL ranks priors by how well they model kernels; a user cares about t
 with them (issue 7). Each prior (``ours``: the shipped `weights/`; ``LABEL=PATH``: an orbax checkpoint, ``{sf}``
 in PATH replaced by the scale, e.g. the official FKP_x*.pt converted with ``python -m fkp_jax.convert``) runs
 one study per scale (`fkp_jax.study`: ``--method dipfkp --weights PATH``) into ``OUT/LABEL/``, so a killed
-scoring resumes where it stopped and a finished one is only re-read. Default data: `benchmarks/data/devset`
-(never the bundled default). The table (``OUT/score.md``, also printed) has per prior and scale the mean
+scoring resumes where it stopped and a finished one is only re-read. Default data (never the bundled
+default): `benchmarks/data/devset` at x2 and x3, `benchmarks/data/devset_x4` (the same four regions at 96x96,
+LR 24x24) at x4. The table (``OUT/score.md``, also printed) has per prior and scale the mean
 kernel PSNR over images and seeds, the worst restart, the mean over images of each image's worst restart and
 the mean PSNR-Y of the DIP output.
 """
@@ -23,7 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-DEVSET = Path(__file__).resolve().parent / "data" / "devset"
+DATA = Path(__file__).resolve().parent / "data"
+DEVSETS = {2: DATA / "devset", 3: DATA / "devset", 4: DATA / "devset_x4"}
+
+
+def dataset_for(sf: int, dataset: Path | None) -> Path:
+    """The data set scored at scale ``sf``: ``dataset`` if given, else the development set for that scale
+    (60x60 crops at x2/x3; x4 needs LR of at least 19x19, so the same regions at 96x96, `devset_x4`)."""
+    return DEVSETS[sf] if dataset is None else dataset
 
 
 def parse_prior(spec: str) -> tuple[str, str | None]:
@@ -61,7 +69,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.prior_score", description=__doc__.split("\n")[0])
     p.add_argument("--prior", nargs="+", default=["ours"], help="ours and/or LABEL=PATH (PATH may hold {sf})")
     p.add_argument("--sf", nargs="+", type=int, default=[2, 3, 4])
-    p.add_argument("--dataset", type=Path, default=DEVSET, help="data set (default benchmarks/data/devset)")
+    p.add_argument("--dataset", type=Path, default=None,
+                   help="data set (default benchmarks/data/devset at x2/x3, benchmarks/data/devset_x4 at x4)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--iters", type=int, default=None, help="DIP iterations (default DIP-FKP's 1000)")
     p.add_argument("--out", type=Path, default=Path("results/prior_score"))
@@ -76,7 +85,7 @@ def main(argv=None) -> int:
     scores = []
     for label, path in priors:
         for sf in args.sf:
-            argv_study = ["--method", "dipfkp", "--sf", str(sf), "--dataset", str(args.dataset), "--seeds",
+            argv_study = ["--method", "dipfkp", "--sf", str(sf), "--dataset", str(dataset_for(sf, args.dataset)), "--seeds",
                           str(args.seeds), "--out", str(args.out / label)]
             argv_study += [] if path is None else ["--weights", path.replace("{sf}", str(sf))]
             argv_study += [] if args.iters is None else ["--iters", str(args.iters)]
@@ -85,7 +94,8 @@ def main(argv=None) -> int:
             with open(args.out / label / "results.csv", newline="") as f:
                 rows = [r for r in csv.DictReader(f) if r["run"] == f"dipfkp_x{sf}"]
             scores.append((label, sf, summarise(rows)))
-    lines = ["# Prior score: DIP-FKP kernel PSNR on " + str(args.dataset), "",
+    data = ", ".join(f"x{sf}: {dataset_for(sf, args.dataset)}" for sf in args.sf)
+    lines = ["# Prior score: DIP-FKP kernel PSNR (" + data + ")", "",
              "Command: `python -m benchmarks.prior_score " + " ".join(sys.argv[1:] if argv is None else argv) + "`",
              "", *table(scores), ""]
     io.write_text(args.out / "score.md", "\n".join(lines))

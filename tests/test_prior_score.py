@@ -1,8 +1,10 @@
 """benchmarks.prior_score: the score's numbers from per-seed study rows, and its prior specifications."""
 
+from types import SimpleNamespace
+
 import pytest
 
-from benchmarks.prior_score import parse_prior, summarise, table
+from benchmarks.prior_score import DEVSETS, dataset_for, parse_prior, summarise, table
 
 
 def test_summarise_mean_worst_and_per_image_worst():
@@ -22,3 +24,20 @@ def test_prior_specifications():
     for bad in ("official", "=path", "a b=path"):
         with pytest.raises(ValueError):
             parse_prior(bad)
+
+
+@pytest.mark.parametrize("sf", [2, 3, 4])
+def test_default_dataset_fits_dipfkp_at_every_scale(sf):
+    """The default development set of each scale has LR images DIP-FKP accepts (x4: devset_x4) and a
+    ground-truth kernel per image."""
+    from experiments.dipfkp import check_lr
+    from fkp_jax import io
+
+    root = dataset_for(sf, None)
+    lrs = sorted((root / f"DIPFKP_lr_x{sf}").glob("*.png"))
+    assert len(lrs) == 4
+    for path in lrs:
+        check_lr(path.name, io.read_image(path), SimpleNamespace(sf=sf))
+        assert (root / f"DIPFKP_gt_k_x{sf}" / (path.stem + ".mat")).is_file()
+    with pytest.raises(ValueError, match="too small"):  # why x4 has its own set
+        check_lr("x", io.read_image(DEVSETS[2] / "DIPFKP_lr_x4" / lrs[0].name), SimpleNamespace(sf=4))
