@@ -1,0 +1,92 @@
+"""Issue 7's table users can trust: the official DIP-FKP against ours with the official prior and with ours.
+
+    python -m benchmarks.accuracy_table --sf 2 --dataset benchmarks/data/devset \
+        --run "official code, random starts=results/official_devset_x2" \
+        --run "ours, official prior=results/study_devset_x2_offprior" \
+        --run "ours, our prior=results/prior_score_x2/ours"
+
+Each ``LABEL=DIR`` is either a `benchmarks.official_dipfkp_runs` folder (``<image>/seed<s>.npz``: the final
+kernel PSNR is the official `calculate_psnr` of the last kernel, PSNR-Y is computed here from the saved DIP
+output against ``DATASET/HR``) or an `experiments.study` / `benchmarks.prior_score` folder (its
+``results.csv``, run ``dipfkp_x{sf}``). Every row is summarised as `benchmarks.prior_score` scores a prior
+(mean ± std over all restarts, worst restart, mean of the per-image worst, PSNR-Y of the DIP output), then
+kernel PSNR per image (mean over restarts). Prints markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.prior_score import summarise, table
+
+
+def official_rows(folder: Path, hr_dir: Path, sf: int) -> list[dict]:
+    """Per-restart rows (image, kernel_psnr, psnr_y) of an official_dipfkp_runs folder."""
+    from fkp_jax import cli, io, metrics
+
+    rows = []
+    for f in sorted(folder.glob("*/seed*.npz")):
+        d = np.load(f)
+        row = {"image": f.parent.name, "kernel_psnr": float(d["record_kernel_psnr"][-1])}
+        hr_path = next(iter(sorted(hr_dir.glob(f.parent.name + ".*"))), None)
+        if hr_path is not None:
+            hr = io.read_image_u8(hr_path)
+            hr = hr[: hr.shape[0] - hr.shape[0] % sf, : hr.shape[1] - hr.shape[1] % sf]
+            row["psnr_y"] = metrics.psnr_y(hr, cli.to_u8(d["sr"]), sf)
+        rows.append(row)
+    return rows
+
+
+def study_rows(folder: Path, sf: int) -> list[dict]:
+    with open(folder / "results.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if r["run"] == f"dipfkp_x{sf}"]
+
+
+def rows_of(folder: Path, hr_dir: Path, sf: int) -> list[dict]:
+    if (folder / "results.csv").is_file():
+        return study_rows(folder, sf)
+    if any(folder.glob("*/seed*.npz")):
+        return official_rows(folder, hr_dir, sf)
+    raise ValueError(f"{folder}: neither a study folder (results.csv) nor official runs (<image>/seed*.npz)")
+
+
+def per_image(rows: list[dict]) -> dict[str, float]:
+    images = sorted({r["image"] for r in rows})
+    return {i: float(np.mean([float(r["kernel_psnr"]) for r in rows if r["image"] == i])) for i in images}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy_table", description=__doc__.split("\n")[0])
+    p.add_argument("--sf", type=int, required=True)
+    p.add_argument("--dataset", type=Path, required=True, help="the data set the runs were made on (its HR/)")
+    p.add_argument("--run", nargs="+", required=True, metavar="LABEL=DIR")
+    args = p.parse_args(argv)
+    scores, images = [], []
+    try:
+        for spec in args.run:
+            label, sep, path = spec.partition("=")
+            if not sep or not label or not path:
+                raise ValueError(f"--run {spec!r}: give LABEL=DIR")
+            rows = rows_of(Path(path), args.dataset / "HR", args.sf)
+            scores.append((label, args.sf, summarise(rows)))
+            images.append(per_image(rows))
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(table(scores)).replace("| prior |", "| run |"))
+    names = sorted({i for im in images for i in im})
+    print()
+    print("| run | " + " | ".join(names) + " |")
+    print("| --- |" + " ---: |" * len(names))
+    for (label, _, _), im in zip(scores, images):
+        print(f"| {label} | " + " | ".join(f"{im[n]:.2f}" if n in im else "" for n in names) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""benchmarks.accuracy_table: official-run folders and study folders read into the same rows."""
+
+import numpy as np
+import pytest
+
+from benchmarks.accuracy_table import main, rows_of
+from fkp_jax import io, metrics
+
+
+def test_official_and_study_folders(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    hr = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    io.write_image_u8(tmp_path / "data" / "HR" / "a.png", hr)
+    sr = np.clip(hr / 255.0 + 0.02 * rng.standard_normal(hr.shape), 0, 1)
+    off = tmp_path / "official"
+    for s, final in enumerate([40.0, 44.0]):
+        (off / "a").mkdir(parents=True, exist_ok=True)
+        np.savez(off / "a" / f"seed{s}.npz", record_kernel_psnr=np.array([30.0, final]), sr=sr)
+    rows = rows_of(off, tmp_path / "data" / "HR", 2)
+    assert [r["kernel_psnr"] for r in rows] == [40.0, 44.0]
+    want = metrics.psnr_y(hr, np.clip(np.round(sr * 255), 0, 255).astype(np.uint8), 2)
+    assert rows[0]["psnr_y"] == pytest.approx(want) and 20 < want < 40
+
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "results.csv").write_text("run,image,seed,kernel_psnr,psnr_y\ndipfkp_x2,a,0,50.0,30.0\n"
+                                       "dipfkp_x4,a,0,10.0,10.0\n")
+    assert main(["--sf", "2", "--dataset", str(tmp_path / "data"), "--run", f"off={off}", f"ours={study}"]) == 0
+    out = capsys.readouterr().out
+    assert "| off | x2 | 1 x 2 | 42.00 ± 2.00 | 40.00 | 40.00 |" in out
+    assert "| ours | x2 | 1 x 1 | 50.00 ± 0.00 | 50.00 | 50.00 | 30.00 |" in out and "| ours | 50.00 |" in out
+
+
+def test_unknown_folder_is_a_one_line_error(tmp_path, capsys):
+    assert main(["--sf", "2", "--dataset", str(tmp_path), "--run", f"x={tmp_path}"]) == 2
+    assert "neither a study folder" in capsys.readouterr().err
