@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy_table", description=__doc__.split("\n")[0])
     p.add_argument("--sf", type=int, required=True)
     p.add_argument("--dataset", type=Path, required=True, help="the data set the runs were made on (its HR/)")
-    p.add_argument("--run", nargs="+", required=True, metavar="LABEL=DIR")
+    p.add_argument("--run", nargs="+", action="extend", required=True, metavar="LABEL=DIR",
+                   help="repeatable; each LABEL=DIR one row")
     args = p.parse_args(argv)
     scores, images = [], []
     try:

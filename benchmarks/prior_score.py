@@ -146,8 +146,8 @@ def main(argv=None) -> int:
     scores = []
     for label, path in priors:
         for sf in args.sf:
-            argv_study = ["--method", "dipfkp", "--sf", str(sf), "--dataset", str(dataset_for(sf, args.dataset)), "--seeds",
-                          str(args.seeds), "--out", str(args.out / label)]
+            argv_study = ["--method", "dipfkp", "--sf", str(sf), "--dataset", str(dataset_for(sf, args.dataset)),
+                          "--seeds", str(args.seeds), "--out", str(args.out / label)]
             argv_study += [] if path is None else ["--weights", path.replace("{sf}", str(sf))]
             argv_study += [] if args.iters is None else ["--iters", str(args.iters)]
             if study.main(argv_study) != 0:

@@ -25,7 +25,8 @@ def test_official_and_study_folders(tmp_path, capsys):
     study.mkdir()
     (study / "results.csv").write_text("run,image,seed,kernel_psnr,psnr_y\ndipfkp_x2,a,0,50.0,30.0\n"
                                        "dipfkp_x4,a,0,10.0,10.0\n")
-    assert main(["--sf", "2", "--dataset", str(tmp_path / "data"), "--run", f"off={off}", f"ours={study}"]) == 0
+    argv = ["--sf", "2", "--dataset", str(tmp_path / "data"), "--run", f"off={off}", "--run", f"ours={study}"]
+    assert main(argv) == 0  # --run repeated: both rows
     out = capsys.readouterr().out
     assert "| off | x2 | 1 x 2 | 42.00 ± 2.00 | 40.00 | 40.00 |" in out
     assert "| ours | x2 | 1 x 1 | 50.00 ± 0.00 | 50.00 | 50.00 | 30.00 |" in out and "| ours | 50.00 |" in out
