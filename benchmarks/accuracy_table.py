@@ -35,9 +35,7 @@ def official_rows(folder: Path, hr_dir: Path, sf: int) -> list[dict]:
         row = {"image": f.parent.name, "kernel_psnr": float(d["record_kernel_psnr"][-1])}
         hr_path = next(iter(sorted(hr_dir.glob(f.parent.name + ".*"))), None)
         if hr_path is not None:
-            hr = io.read_image_u8(hr_path)
-            hr = hr[: hr.shape[0] - hr.shape[0] % sf, : hr.shape[1] - hr.shape[1] % sf]
-            row["psnr_y"] = metrics.psnr_y(hr, cli.to_u8(d["sr"]), sf)
+            row["psnr_y"] = metrics.psnr_y(io.read_image_u8(hr_path), cli.to_u8(d["sr"]), sf)  # modcrops both
         rows.append(row)
     return rows
 
