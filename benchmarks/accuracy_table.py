@@ -8,7 +8,8 @@
 Each ``LABEL=DIR`` is either a `benchmarks.official_dipfkp_runs` folder (``<image>/seed<s>.npz``: the final
 kernel PSNR is the official `calculate_psnr` of the last kernel, PSNR-Y is computed here from the saved DIP
 output against ``DATASET/HR``) or an `experiments.study` / `benchmarks.prior_score` folder (its
-``results.csv``, run ``dipfkp_x{sf}``). Every row is summarised as `benchmarks.prior_score` scores a prior
+``results.csv``, run ``dipfkp_x{sf}``). Folders given under the same LABEL are pooled into one row (a set of
+restarts split over cores or sessions, e.g. half the images in each folder). Every row is summarised as `benchmarks.prior_score` scores a prior
 (mean ± std over all restarts, worst restart, mean of the per-image worst, PSNR-Y of the DIP output), then
 kernel PSNR per image (mean over restarts). Prints markdown.
 """
@@ -63,20 +64,20 @@ def main(argv=None) -> int:
     p.add_argument("--sf", type=int, required=True)
     p.add_argument("--dataset", type=Path, required=True, help="the data set the runs were made on (its HR/)")
     p.add_argument("--run", nargs="+", action="extend", required=True, metavar="LABEL=DIR",
-                   help="repeatable; each LABEL=DIR one row")
+                   help="repeatable; each LABEL one row, folders under the same LABEL pooled")
     args = p.parse_args(argv)
-    scores, images = [], []
+    pooled: dict[str, list[dict]] = {}
     try:
         for spec in args.run:
             label, sep, path = spec.partition("=")
             if not sep or not label or not path:
                 raise ValueError(f"--run {spec!r}: give LABEL=DIR")
-            rows = rows_of(Path(path), args.dataset / "HR", args.sf)
-            scores.append((label, args.sf, summarise(rows)))
-            images.append(per_image(rows))
+            pooled.setdefault(label, []).extend(rows_of(Path(path), args.dataset / "HR", args.sf))
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    scores = [(label, args.sf, summarise(rows)) for label, rows in pooled.items()]
+    images = [per_image(rows) for rows in pooled.values()]
     print("\n".join(table(scores)).replace("| prior |", "| run |"))
     names = sorted({i for im in images for i in im})
     print()

@@ -31,6 +31,13 @@ def test_official_and_study_folders(tmp_path, capsys):
     assert "| off | x2 | 1 x 2 | 42.00 ± 2.00 | 40.00 | 40.00 |" in out
     assert "| ours | x2 | 1 x 1 | 50.00 ± 0.00 | 50.00 | 50.00 | 30.00 |" in out and "| ours | 50.00 |" in out
 
+    other = tmp_path / "study_b"  # the same label twice: one row over both folders (a study split over cores)
+    other.mkdir()
+    (other / "results.csv").write_text("run,image,seed,kernel_psnr,psnr_y\ndipfkp_x2,b,0,46.0,28.0\n")
+    assert main(["--sf", "2", "--dataset", str(tmp_path / "data"), "--run", f"ours={study}", f"ours={other}"]) == 0
+    out = capsys.readouterr().out
+    assert "| ours | x2 | 2 x 1 | 48.00 ± 2.00 | 46.00 | 48.00 | 29.00 |" in out and "| ours | 50.00 | 46.00 |" in out
+
 
 def test_unknown_folder_is_a_one_line_error(tmp_path, capsys):
     assert main(["--sf", "2", "--dataset", str(tmp_path), "--run", f"x={tmp_path}"]) == 2
