@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from benchmarks.prior_score import DEVSETS, dataset_for, parse_prior, summarise, table
+from benchmarks.prior_score import DATA, DEVSETS, dataset_for, parse_prior, summarise, table
 
 
 def test_summarise_mean_worst_and_per_image_worst():
@@ -67,3 +67,21 @@ def test_oracle_fit_recovers_a_kernel_of_the_prior(tmp_path):
     assert len(rows) == 3
     fitted, start = np.mean([r["kernel_psnr"] for r in rows]), np.mean([r["start_psnr"] for r in rows])
     assert fitted > start + 10, (fitted, start)
+
+
+def test_second_x4_devset_fits_dipfkp_and_is_new_data():
+    """`devset2_x4` (the confirmation set) is DIP-FKP-sized at x4, has its ground-truth kernels, and shares no
+    image or kernel with `devset_x4`."""
+    from experiments.dipfkp import check_lr
+    from fkp_jax import io
+
+    second, first = DATA / "devset2_x4", DEVSETS[4]
+    lrs = sorted((second / "DIPFKP_lr_x4").glob("*.png"))
+    assert len(lrs) == 4
+    firsts = [io.read_image(p) for p in sorted((first / "HR").glob("*.png"))]
+    for path in lrs:
+        check_lr(path.name, io.read_image(path), SimpleNamespace(sf=4))
+        hr = io.read_image(second / "HR" / path.name)
+        assert hr.shape[:2] == (96, 96) and all(np.abs(hr - f).max() > 0.1 for f in firsts)
+        k = io.read_kernel_mat(second / "DIPFKP_gt_k_x4" / (path.stem + ".mat"))
+        assert k.sum() == pytest.approx(1.0, abs=1e-5)
