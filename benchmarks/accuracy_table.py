@@ -11,7 +11,8 @@ output against ``DATASET/HR``) or an `experiments.study` / `benchmarks.prior_sco
 ``results.csv``, run ``dipfkp_x{sf}``). Folders given under the same LABEL are pooled into one row (a set of
 restarts split over cores or sessions, e.g. half the images in each folder). Every row is summarised as `benchmarks.prior_score` scores a prior
 (mean ± std over all restarts, worst restart, mean of the per-image worst, PSNR-Y of the DIP output), then
-kernel PSNR per image (mean over restarts). Prints markdown.
+kernel PSNR per image (mean over restarts). ``--seeds N`` keeps restarts 0..N-1 only, so runs with more
+restarts are compared on the same ones. Prints markdown.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def official_rows(folder: Path, hr_dir: Path, sf: int) -> list[dict]:
     rows = []
     for f in sorted(folder.glob("*/seed*.npz")):
         d = np.load(f)
-        row = {"image": f.parent.name, "kernel_psnr": float(d["record_kernel_psnr"][-1])}
+        row = {"image": f.parent.name, "seed": f.stem.removeprefix("seed"),
+               "kernel_psnr": float(d["record_kernel_psnr"][-1])}
         hr_path = next(iter(sorted(hr_dir.glob(f.parent.name + ".*"))), None)
         if hr_path is not None:
             row["psnr_y"] = metrics.psnr_y(io.read_image_u8(hr_path), cli.to_u8(d["sr"]), sf)  # modcrops both
@@ -63,6 +65,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy_table", description=__doc__.split("\n")[0])
     p.add_argument("--sf", type=int, required=True)
     p.add_argument("--dataset", type=Path, required=True, help="the data set the runs were made on (its HR/)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="only restarts 0..N-1 of every run (rows compare like with like)")
     p.add_argument("--run", nargs="+", action="extend", required=True, metavar="LABEL=DIR",
                    help="repeatable; each LABEL one row, folders under the same LABEL pooled")
     args = p.parse_args(argv)
@@ -72,7 +76,10 @@ def main(argv=None) -> int:
             label, sep, path = spec.partition("=")
             if not sep or not label or not path:
                 raise ValueError(f"--run {spec!r}: give LABEL=DIR")
-            pooled.setdefault(label, []).extend(rows_of(Path(path), args.dataset / "HR", args.sf))
+            rows = rows_of(Path(path), args.dataset / "HR", args.sf)
+            if args.seeds is not None:
+                rows = [r for r in rows if int(r["seed"]) < args.seeds]
+            pooled.setdefault(label, []).extend(rows)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -38,6 +38,9 @@ def test_official_and_study_folders(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| ours | x2 | 2 x 1 | 48.00 ± 2.00 | 46.00 | 48.00 | 29.00 |" in out and "| ours | 50.00 | 46.00 |" in out
 
+    assert main(["--sf", "2", "--dataset", str(tmp_path / "data"), "--seeds", "1", "--run", f"off={off}"]) == 0
+    assert "| off | x2 | 1 x 1 | 40.00 ± 0.00 | 40.00 | 40.00 |" in capsys.readouterr().out  # restart 1 left out
+
 
 def test_unknown_folder_is_a_one_line_error(tmp_path, capsys):
     assert main(["--sf", "2", "--dataset", str(tmp_path), "--run", f"x={tmp_path}"]) == 2
