@@ -11,10 +11,10 @@ in PATH replaced by the scale, e.g. the official FKP_x*.pt converted with ``pyth
 one study per scale (`fkp_jax.study`: ``--method dipfkp --weights PATH``) into ``OUT/LABEL/``, so a killed
 scoring resumes where it stopped and a finished one is only re-read. Default data (never the bundled
 default): `benchmarks/data/devset` at x2 and x3, `benchmarks/data/devset_x4` (the same four regions at 96x96,
-LR 24x24) at x4; `benchmarks/data/devset2_x4` (four other regions, other kernels; ``--dataset``) confirms a choice
-made on `devset_x4`, whose winner's score there is optimistic. The table (``OUT/score.md``, also printed) has per prior and scale the mean
-kernel PSNR over images and seeds, the worst restart, the mean over images of each image's worst restart and
-the mean PSNR-Y of the DIP output.
+LR 24x24) at x4; `benchmarks/data/devset2_x4` (four other regions, other kernels; ``--dataset``) confirms a
+choice made on `devset_x4`, whose winner's score there is optimistic. The table (``OUT/score.md``, also
+printed) has per prior and scale the mean kernel PSNR over images and seeds, the worst restart, the mean over
+images of each image's worst restart and the mean PSNR-Y of the DIP output.
 
 ``--oracle-image`` scores the prior's latent landscape alone, in seconds: the HR image is given (no DIP), and
 from ``--starts`` random latents per image the latent is fitted to the LR image as DIP-FKP fits it after its

@@ -79,9 +79,10 @@ def test_second_x4_devset_fits_dipfkp_and_is_new_data():
     lrs = sorted((second / "DIPFKP_lr_x4").glob("*.png"))
     assert len(lrs) == 4
     firsts = [io.read_image(p) for p in sorted((first / "HR").glob("*.png"))]
+    first_ks = [io.read_kernel_mat(p) for p in sorted((first / "DIPFKP_gt_k_x4").glob("*.mat"))]
     for path in lrs:
         check_lr(path.name, io.read_image(path), SimpleNamespace(sf=4))
         hr = io.read_image(second / "HR" / path.name)
         assert hr.shape[:2] == (96, 96) and all(np.abs(hr - f).max() > 0.1 for f in firsts)
         k = io.read_kernel_mat(second / "DIPFKP_gt_k_x4" / (path.stem + ".mat"))
-        assert k.sum() == pytest.approx(1.0, abs=1e-5)
+        assert k.sum() == pytest.approx(1.0, abs=1e-5) and all(np.abs(k - f).max() > 1e-4 for f in first_ks)
