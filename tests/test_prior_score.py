@@ -27,6 +27,20 @@ def test_prior_specifications():
             parse_prior(bad)
 
 
+def dipfkp_ready(root, sf):
+    """Asserts every LR image of ``root`` passes DIP-FKP's size check at ``sf`` and has its ground-truth kernel;
+    returns the LR paths (four)."""
+    from experiments.dipfkp import check_lr
+    from fkp_jax import io
+
+    lrs = sorted((root / f"DIPFKP_lr_x{sf}").glob("*.png"))
+    assert len(lrs) == 4
+    for path in lrs:
+        check_lr(path.name, io.read_image(path), SimpleNamespace(sf=sf))
+        assert (root / f"DIPFKP_gt_k_x{sf}" / (path.stem + ".mat")).is_file()
+    return lrs
+
+
 @pytest.mark.parametrize("sf", [2, 3, 4])
 def test_default_dataset_fits_dipfkp_at_every_scale(sf):
     """The default development set of each scale has LR images DIP-FKP accepts (x4: devset_x4) and a
@@ -34,12 +48,7 @@ def test_default_dataset_fits_dipfkp_at_every_scale(sf):
     from experiments.dipfkp import check_lr
     from fkp_jax import io
 
-    root = dataset_for(sf, None)
-    lrs = sorted((root / f"DIPFKP_lr_x{sf}").glob("*.png"))
-    assert len(lrs) == 4
-    for path in lrs:
-        check_lr(path.name, io.read_image(path), SimpleNamespace(sf=sf))
-        assert (root / f"DIPFKP_gt_k_x{sf}" / (path.stem + ".mat")).is_file()
+    lrs = dipfkp_ready(dataset_for(sf, None), sf)
     with pytest.raises(ValueError, match="too small"):  # why x4 has its own set
         check_lr("x", io.read_image(DEVSETS[2] / "DIPFKP_lr_x4" / lrs[0].name), SimpleNamespace(sf=4))
 
@@ -72,16 +81,12 @@ def test_oracle_fit_recovers_a_kernel_of_the_prior(tmp_path):
 def test_second_x4_devset_fits_dipfkp_and_is_new_data():
     """`devset2_x4` (the confirmation set) is DIP-FKP-sized at x4, has its ground-truth kernels, and shares no
     image or kernel with `devset_x4`."""
-    from experiments.dipfkp import check_lr
     from fkp_jax import io
 
     second, first = DATA / "devset2_x4", DEVSETS[4]
-    lrs = sorted((second / "DIPFKP_lr_x4").glob("*.png"))
-    assert len(lrs) == 4
     firsts = [io.read_image(p) for p in sorted((first / "HR").glob("*.png"))]
     first_ks = [io.read_kernel_mat(p) for p in sorted((first / "DIPFKP_gt_k_x4").glob("*.mat"))]
-    for path in lrs:
-        check_lr(path.name, io.read_image(path), SimpleNamespace(sf=4))
+    for path in dipfkp_ready(second, 4):
         hr = io.read_image(second / "HR" / path.name)
         assert hr.shape[:2] == (96, 96) and all(np.abs(hr - f).max() > 0.1 for f in firsts)
         k = io.read_kernel_mat(second / "DIPFKP_gt_k_x4" / (path.stem + ".mat"))
