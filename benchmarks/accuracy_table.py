@@ -1,14 +1,17 @@
-"""Issue 7's table users can trust: the official DIP-FKP against ours with the official prior and with ours.
+"""Kernel-accuracy tables from finished runs: the official DIP-FKP, our studies, methods side by side.
 
     python -m benchmarks.accuracy_table --sf 2 --dataset benchmarks/data/devset \
         --run "official code, random starts=results/official_devset_x2" \
         --run "ours, official prior=results/study_devset_x2_offprior" \
         --run "ours, our prior=results/prior_score_x2/ours"
+    python -m benchmarks.accuracy_table --sf 2 --dataset experiments/data/default \
+        --run "DIP-DKP=results/cmp/x2_gaussian@dipdkp_x2" "DIP-FKP=results/cmp/x2_gaussian@dipdkp-fkp_x2"
 
 Each ``LABEL=DIR`` is either a `benchmarks.official_dipfkp_runs` folder (``<image>/seed<s>.npz``: the final
 kernel PSNR is the official `calculate_psnr` of the last kernel, PSNR-Y is computed here from the saved DIP
 output against ``DATASET/HR``) or an `experiments.study` / `benchmarks.prior_score` folder (its
-``results.csv``, run ``dipfkp_x{sf}``). Folders given under the same LABEL are pooled into one row (a set of
+``results.csv``; its run ``dipfkp_x{sf}``, or the run named after ``@``: ``DIR@RUN``, as a study names its
+runs, e.g. ``dipdkp-fkp_x2`` for ``--method dipdkp:fkp --sf 2``). Folders given under the same LABEL are pooled into one row (a set of
 restarts split over cores or sessions, e.g. half the images in each folder). Every row is summarised as
 `benchmarks.prior_score` scores a prior (mean ± std over all restarts, worst restart, mean of the per-image
 worst, PSNR-Y of the DIP output), then
@@ -44,14 +47,21 @@ def official_rows(folder: Path, hr_dir: Path, sf: int) -> list[dict]:
     return rows
 
 
-def study_rows(folder: Path, sf: int) -> list[dict]:
+def study_rows(folder: Path, run: str) -> list[dict]:
     with open(folder / "results.csv", newline="") as f:
-        return [r for r in csv.DictReader(f) if r["run"] == f"dipfkp_x{sf}"]
+        rows = list(csv.DictReader(f))
+    picked = [r for r in rows if r["run"] == run]
+    if not picked:
+        raise ValueError(f"{folder}: no run {run!r} in results.csv (it has {sorted({r['run'] for r in rows})})")
+    return picked
 
 
-def rows_of(folder: Path, hr_dir: Path, sf: int) -> list[dict]:
+def rows_of(folder: Path, hr_dir: Path, sf: int, run: str | None = None) -> list[dict]:
+    """Per-restart rows of an official-runs folder, or of one run of a study folder (default dipfkp_x{sf})."""
     if (folder / "results.csv").is_file():
-        return study_rows(folder, sf)
+        return study_rows(folder, run or f"dipfkp_x{sf}")
+    if run is not None:
+        raise ValueError(f"{folder}@{run}: @RUN names a run of a study folder (results.csv)")
     if any(folder.glob("*/seed*.npz")):
         return official_rows(folder, hr_dir, sf)
     raise ValueError(f"{folder}: neither a study folder (results.csv) nor official runs (<image>/seed*.npz)")
@@ -68,16 +78,18 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", type=Path, required=True, help="the data set the runs were made on (its HR/)")
     p.add_argument("--seeds", type=int, default=None,
                    help="only restarts 0..N-1 of every run (rows compare like with like)")
-    p.add_argument("--run", nargs="+", action="extend", required=True, metavar="LABEL=DIR",
-                   help="repeatable; each LABEL one row, folders under the same LABEL pooled")
+    p.add_argument("--run", nargs="+", action="extend", required=True, metavar="LABEL=DIR[@RUN]",
+                   help="repeatable; each LABEL one row, folders under the same LABEL pooled; @RUN picks a run "
+                        "of a study folder (default dipfkp_x{sf})")
     args = p.parse_args(argv)
     pooled: dict[str, list[dict]] = {}
     try:
         for spec in args.run:
             label, sep, path = spec.partition("=")
             if not sep or not label or not path:
-                raise ValueError(f"--run {spec!r}: give LABEL=DIR")
-            rows = rows_of(Path(path), args.dataset / "HR", args.sf)
+                raise ValueError(f"--run {spec!r}: give LABEL=DIR or LABEL=DIR@RUN")
+            path, _, run = path.partition("@")
+            rows = rows_of(Path(path), args.dataset / "HR", args.sf, run or None)
             if args.seeds is not None:
                 rows = [r for r in rows if int(r["seed"]) < args.seeds]
             pooled.setdefault(label, []).extend(rows)

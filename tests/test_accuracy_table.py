@@ -1,4 +1,4 @@
-"""benchmarks.accuracy_table: official-run folders and study folders read into the same rows."""
+"""benchmarks.accuracy_table: official-run folders and study folders (any of their runs) read into the same rows."""
 
 import numpy as np
 import pytest
@@ -40,6 +40,22 @@ def test_official_and_study_folders(tmp_path, capsys):
 
     assert main(["--sf", "2", "--dataset", str(tmp_path / "data"), "--seeds", "1", "--run", f"off={off}"]) == 0
     assert "| off | x2 | 1 x 1 | 40.00 ± 0.00 | 40.00 | 40.00 |" in capsys.readouterr().out  # restart 1 left out
+
+
+def test_a_named_run_of_a_study(tmp_path, capsys):
+    """DIR@RUN: one row per method of a multi-method study; an absent run is a one-line error naming those there."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "results.csv").write_text("run,image,seed,kernel_psnr,psnr_y\ndipdkp_x2,a,0,41.0,28.0\n"
+                                       "dipdkp-fkp_x2,a,0,47.0,27.0\ndipdkp-fkp_x2,a,1,45.0,27.5\n")
+    argv = ["--sf", "2", "--dataset", str(tmp_path), "--run", f"DKP={study}@dipdkp_x2", f"FKP={study}@dipdkp-fkp_x2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| DKP | x2 | 1 x 1 | 41.00 ± 0.00 | 41.00 | 41.00 | 28.00 |" in out
+    assert "| FKP | x2 | 1 x 2 | 46.00 ± 1.00 | 45.00 | 45.00 | 27.25 |" in out
+    assert main(["--sf", "2", "--dataset", str(tmp_path), "--run", f"x={study}@dipdkp-mlp_x2"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "dipdkp-mlp_x2" in err and "dipdkp-fkp_x2" in err
 
 
 def test_unknown_folder_is_a_one_line_error(tmp_path, capsys):
