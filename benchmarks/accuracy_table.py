@@ -11,8 +11,8 @@ Each ``LABEL=DIR`` is either a `benchmarks.official_dipfkp_runs` folder (``<imag
 kernel PSNR is the official `calculate_psnr` of the last kernel, PSNR-Y is computed here from the saved DIP
 output against ``DATASET/HR``) or an `experiments.study` / `benchmarks.prior_score` folder (its
 ``results.csv``; its run ``dipfkp_x{sf}``, or the run named after ``@``: ``DIR@RUN``, as a study names its
-runs, e.g. ``dipdkp-fkp_x2`` for ``--method dipdkp:fkp --sf 2``). Folders given under the same LABEL are pooled into one row (a set of
-restarts split over cores or sessions, e.g. half the images in each folder). Every row is summarised as
+runs, e.g. ``dipdkp-fkp_x2`` for ``--method dipdkp:fkp --sf 2``). Folders given under the same LABEL are
+pooled into one row (a set of restarts split over cores or sessions, e.g. half the images in each folder). Every row is summarised as
 `benchmarks.prior_score` scores a prior (mean ± std over all restarts, worst restart, mean of the per-image
 worst, PSNR-Y of the DIP output), then
 kernel PSNR per image (mean over restarts). ``--seeds N`` keeps restarts 0..N-1 only, so runs with more

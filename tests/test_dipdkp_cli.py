@@ -65,7 +65,6 @@ def test_bad_options_give_one_line_errors(motion_set, tmp_path, capsys):
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
-
 def test_x4_comparison_sets_fit_dip_at_x4():
     """benchmarks/data/cmp_x4_{gaussian,motion}: the bundled scenes at 80 x 80, one HR set under both kernel
     types with unit-sum ground-truth kernels, every LR image large enough for the DIP at x4 (the bundled
