@@ -7,7 +7,8 @@
     python -m experiments.dipfkp --sf 4 --dataset DIR --SR usrnet_tiny.pth    # + USRNet on the kernel
 
 A data set is in the original layout: DIR/DIPFKP_lr_x{s}/*.png (required), DIR/HR/*.png and
-DIR/DIPFKP_gt_k_x{s}/*.mat (optional; they enable image and kernel metrics). Per image the output
+DIR/DIPFKP_gt_k_x{s}/*.mat (optional; they enable image and kernel metrics); a folder with only DIPDKP_* or
+KernelGANFKP_* sub-folders is read through those (so the methods compare on one set). Per image the output
 folder gets <name>_sr.png (the DIP output), <name>_kernel.npy, <name>_kernel.mat (variable Kernel),
 <name>_kernel.png (estimate beside the ground truth) — from the first seed — plus
 <name>_kernels_seeds.npy when --seeds > 1 and <name>_sr_usrnet.png with --SR; at the end metrics.json
@@ -130,6 +131,7 @@ def method():
         name="dipfkp", title="DIP-FKP", model="DIPFKP", scales=(2, 3, 4), priors=kernel_priors.PRIORS,
         default_dataset=DEFAULT_DATASET, default_iters=lambda args: 1000, kernel_size=kernels.kernel_size,
         check_lr=check_lr, build=build, add_arguments=add_arguments, study=study, batches_images=True,
+        other_models=("DIPDKP", "KernelGANFKP"),
         prior_help="fkp (DIP-FKP), mlp (Double-DIP) or softmax (DIPSoftmax)", recorded_options=("start",))
 
 

@@ -40,6 +40,7 @@ from flax import struct
 from jax import lax
 
 from fkp_jax import kernels as kernels_lib
+from fkp_jax import winograd
 from fkp_jax.kernel_priors import project_to_sphere
 
 State = dict[str, Any]
@@ -366,12 +367,12 @@ def count_params(params) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
-CONV_ALGORITHMS = ("rows", "im2col", "xla")
+CONV_ALGORITHMS = ("winograd", "rows", "im2col", "xla")
 
 
 def conv_algorithm() -> str:
-    """"rows" on CPU (see `discriminate`), "xla" (the platform's convolution) on accelerators."""
-    return "rows" if jax.default_backend() == "cpu" else "xla"
+    """"winograd" on CPU (see `discriminate`), "xla" (the platform's convolution) on accelerators."""
+    return "winograd" if jax.default_backend() == "cpu" else "xla"
 
 
 def _conv_im2col(x, w):
@@ -435,13 +436,15 @@ _conv_rows.defvjp(_conv_rows_fwd, _conv_rows_bwd)
 
 
 def _conv(x, p, algorithm: str | None = None):
-    """VALID stride-1 conv (HWIO kernel) + bias, NHWC; see `discriminate` for the algorithms ("rows"
-    falls back to "im2col" for the thin head and tail convs)."""
+    """VALID stride-1 conv (HWIO kernel) + bias, NHWC; see `discriminate` for the algorithms ("winograd"
+    and "rows" fall back to "im2col" for the thin head and tail convs)."""
     algorithm = conv_algorithm() if algorithm is None else algorithm
     w = p["kernel"]
-    if algorithm == "rows" and min(w.shape[2:]) < 8:
+    if algorithm in ("rows", "winograd") and min(w.shape[2:]) < 8:
         algorithm = "im2col"
-    if algorithm == "xla":
+    if algorithm == "winograd":
+        y = winograd.conv3x3_valid(x, w)
+    elif algorithm == "xla":
         y = lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                      precision=PRECISION)
     elif algorithm == "im2col":
@@ -469,14 +472,17 @@ def discriminate(params: dict, x: jax.Array, algorithm: str | None = None) -> ja
     """D(x) for x (B, 27, 27, 3) in [0, 1] -> (B, 17, 17, 1) (spec 7.3): 2x - 1, head and body blocks
     (3x3 VALID conv, batch norm with THIS batch's statistics, LeakyReLU 0.2), tail conv; no sigmoid.
 
-    ``algorithm`` (default `conv_algorithm`): "rows" (`_conv_rows`, custom VJP), "im2col" (the k^2
-    shifted views side by side, one matmul) or "xla" (``lax.conv_general_dilated``); the same sums up to
-    float32 rounding. One whole iteration (batch 64, 200 x 200 LR) in CPU-seconds on 2 AVX2 cores shared
-    with other jobs, A/B interleaved: rows 2.1 - 2.5, im2col 2.3 - 2.7, xla 6.3 (XLA:CPU runs the
-    convolutions of the penalty's second derivative, which have unusual dimension numbers, on a slow
-    path). Tried and dropped: XLA convolutions with hand-written first and second derivatives (weight
-    gradient as shifted matmuls) 2.9 - 3.3, Winograd F(2x2, 3x3) no faster than im2col, real and fake
-    batches in one vmapped call (+8 %), the 3 D steps unrolled instead of ``lax.scan`` (same)."""
+    ``algorithm`` (default `conv_algorithm`): "winograd" (`fkp_jax.winograd.conv3x3_valid`: forward F(2x2,
+    3x3), input and weight gradients F(4x4, 3x3), each map's VJP made of the others, so the penalty's second
+    derivative stays in the Winograd domain), "rows" (`_conv_rows`, custom VJP), "im2col" (the k^2 shifted
+    views side by side, one matmul) or "xla" (``lax.conv_general_dilated``); the same sums up to float32
+    rounding. One D step (batch 64, value and gradient), one thread, AMD EPYC Zen 4: winograd 450-495 ms,
+    rows 640-700 ms; the whole iteration with 2 threads 0.74 s against the official 1.09 s (rows: 1.06 s
+    against 0.94 s; docs/benchmarks.md). On AVX2 CPUs, earlier, shared with other jobs: rows 2.1 - 2.5
+    CPU-s per iteration, im2col 2.3 - 2.7, xla 6.3 (XLA:CPU runs the convolutions of the penalty's second
+    derivative, which have unusual dimension numbers, on a slow path). Tried and dropped: XLA convolutions
+    with hand-written first and second derivatives 2.9 - 3.3, real and fake batches in one vmapped call
+    (+8 %), the 3 D steps unrolled instead of ``lax.scan`` (same)."""
     h = 2.0 * x - 1.0
     for blk in [params["head"]] + [params["body"][n] for n in _body_order(params["body"])]:
         h = _leaky_relu(_batch_norm(_conv(h, blk["conv"], algorithm), blk["norm"]))

@@ -42,9 +42,9 @@ def _d_outputs(params, real, fake, alpha, algorithm):
             "total": total, **parts, "grads": grads, "loss_g": kg.g_loss(params, fake, algorithm)}
 
 
-@pytest.mark.parametrize("algorithm", ["rows", "xla"])
+@pytest.mark.parametrize("algorithm", ["winograd", "rows", "xla"])
 def test_discriminator_golden(d_golden, algorithm):
-    """The CPU default (rows) and the accelerator default (xla); im2col: test_conv_algorithms_agree."""
+    """The CPU default (winograd), rows and the accelerator default (xla); im2col: test_conv_algorithms_agree."""
     g, params = d_golden
     assert kg.count_params(params) == int(g["n_params"]) == 29185
     alpha = jnp.float32(g["gp_alpha"])  # the recorded float32 torch.rand draw
@@ -124,7 +124,7 @@ def test_conv_algorithms_agree():
         return kg._conv(x, p, algorithm), jax.grad(f, argnums=(0, 1))(x, p), jax.grad(gx)(p)
 
     ref = outputs(x, p, "xla")
-    for algorithm in ("rows", "im2col"):
+    for algorithm in ("winograd", "rows", "im2col"):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4),
                      outputs(x, p, algorithm), ref)
 
