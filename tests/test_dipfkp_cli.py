@@ -101,3 +101,21 @@ def test_converts_grayscale_and_says_so(tmp_path):
     assert "grayscale" in res.stderr
     record = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert record["images"]["g"]["seconds"][0] > 0 and "kernel_psnr" not in record["images"]["g"]
+
+
+def test_reads_the_other_methods_layouts():
+    """DIP-FKP runs on a KernelGANFKP_* (or DIPDKP_*) data set, so the methods compare on one set: the bundled
+    KernelGAN images at x2 (11 x 11 kernels on both sides); at x4 their 21 x 21 kernels against DIP-FKP's
+    19 x 19 give the one-line size error, not a wrong kernel PSNR."""
+    from fkp_jax import cli as plumbing
+
+    m = cli.method()
+    kernelgan_set = cli.DEFAULT_DATASET.parent / "kernelgan"
+    args = plumbing.parse_args(m, ["--sf", "2", "--dataset", str(kernelgan_set)])
+    jobs = plumbing.find_jobs(m, args)
+    assert [j.name for j in jobs] == ["astronaut", "coffee"]
+    assert all(j.lr.parent.name == "KernelGANFKP_lr_x2" and j.hr is not None for j in jobs)
+    assert plumbing.read_gt_kernel(jobs[0], 11).shape == (11, 11)
+    args4 = plumbing.parse_args(m, ["--sf", "4", "--dataset", str(kernelgan_set)])
+    with pytest.raises(ValueError, match="21x21, expected 19x19"):
+        plumbing.read_gt_kernel(plumbing.find_jobs(m, args4)[0], 19)
