@@ -147,7 +147,7 @@ def method():
         name="kernelganfkp", title="KernelGAN-FKP", model="KernelGANFKP", scales=(2, 4), priors=("fkp", "linear"),
         default_dataset=DEFAULT_DATASET, default_iters=default_iters,
         kernel_size=kernel_size, check_lr=check_lr, build=build, has_image_output=False, study=study,
-        other_models=("DIPFKP",),
+        other_models=("DIPFKP",), prior_titles=(("linear", "KernelGAN"),),
         prior_help="fkp (KernelGAN-FKP: the FKP flow latent) or linear (the original KernelGAN: a deep linear "
                    "generator with its regularisers, spec 7.6)")
 

@@ -105,8 +105,12 @@ class Method:
     recorded_options: tuple[str, ...] = ()  # method options (argparse dests) written to metrics.json's config
     batches_images: bool = False  # its study solver takes one LR image per batch row (images of one size batched)
     pad_gt_kernel: bool = False  # smaller ground-truth kernels are zero-padded to kernel_size (read_gt_kernel)
+    prior_titles: tuple[tuple[str, str], ...] = ()  # (prior, title) where a prior makes another named method
 
     def title_for(self, prior: str) -> str:
+        named = dict(self.prior_titles)
+        if prior in named:
+            return named[prior]
         return self.title if prior == self.priors[0] else f"{self.title} ({prior} kernel prior)"
 
 

@@ -52,6 +52,7 @@ def test_original_kernelgan_through_the_same_command(dataset, tmp_path):
     assert cli.main(["--dataset", str(dataset), "--kernel-prior", "linear", "--iters", "3", "--out", str(out)]) == 0
     record = json.loads((out / "metrics.json").read_text())
     assert record["config"]["kernel_prior"] == "linear" and record["config"]["iters"] == 3
+    assert "KernelGAN x2" in (out / "results.md").read_text()  # named as the method it is, not KernelGAN-FKP
     k = np.load(out / "a_kernel.npy")
     # unit sum before the spline re-centring, which rings slightly negative and is not renormalised (spec 7.6)
     assert k.shape == (11, 11) and np.isfinite(k).all() and abs(k.sum() - 1) < 0.2
