@@ -58,18 +58,23 @@ def summarise(rows: list[dict]) -> dict:
     images = sorted({r["image"] for r in rows})
     worst_per_image = [min(float(r["kernel_psnr"]) for r in rows if r["image"] == i) for i in images]
     y = [float(r["psnr_y"]) for r in rows if r.get("psnr_y")]
+    y_usrnet = [float(r["psnr_y_usrnet"]) for r in rows if r.get("psnr_y_usrnet")]
     return {"images": len(images), "seeds": len(rows) // max(len(images), 1), "mean": float(psnr.mean()),
             "std": float(psnr.std()), "worst": float(psnr.min()), "mean_worst": float(np.mean(worst_per_image)),
-            "psnr_y": float(np.mean(y)) if y else None}
+            "psnr_y": float(np.mean(y)) if y else None, "psnr_y_usrnet": float(np.mean(y_usrnet)) if y_usrnet else None}
 
 
 def table(scores: list[tuple[str, int, dict]]) -> list[str]:
+    """Markdown rows of `summarise` results; a PSNR-Y column of the USRNet images (--SR) when a row has one."""
+    usrnet = any(s.get("psnr_y_usrnet") is not None for _, _, s in scores)
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     lines = ["| prior | scale | images x seeds | kernel PSNR mean ± std (dB) | worst restart | mean of per-image "
-             "worst | PSNR-Y (dB) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "worst | PSNR-Y (dB) |" + (" PSNR-Y USRNet (dB) |" if usrnet else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if usrnet else "")]
     for label, sf, s in scores:
-        y = "-" if s["psnr_y"] is None else f"{s['psnr_y']:.2f}"
         lines.append(f"| {label} | x{sf} | {s['images']} x {s['seeds']} | {s['mean']:.2f} ± {s['std']:.2f} | "
-                     f"{s['worst']:.2f} | {s['mean_worst']:.2f} | {y} |")
+                     f"{s['worst']:.2f} | {s['mean_worst']:.2f} | {fmt(s['psnr_y'])} |"
+                     + (f" {fmt(s.get('psnr_y_usrnet'))} |" if usrnet else ""))
     return lines
 
 

@@ -61,3 +61,20 @@ def test_a_named_run_of_a_study(tmp_path, capsys):
 def test_unknown_folder_is_a_one_line_error(tmp_path, capsys):
     assert main(["--sf", "2", "--dataset", str(tmp_path), "--run", f"x={tmp_path}"]) == 2
     assert "neither a study folder" in capsys.readouterr().err
+
+
+def test_usrnet_psnr_column_when_a_run_has_it(tmp_path, capsys):
+    """Runs made with --SR carry psnr_y_usrnet (KernelGAN has no DIP image: PSNR-Y '-'); the column appears
+    only then, '-' for rows without it."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "results.csv").write_text(
+        "run,image,seed,kernel_psnr,psnr_y,psnr_y_usrnet\nkernelganfkp_x2,a,0,44.0,,25.0\nkernelganfkp_x2,a,1,42.0,,26.0\n"
+        "dipfkp_x2,a,0,47.0,27.0,\n")
+    argv = ["--sf", "2", "--dataset", str(tmp_path), "--run", f"KG={study}@kernelganfkp_x2", f"DIP={study}@dipfkp_x2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| run | scale | images x seeds | kernel PSNR mean ± std (dB) | worst restart | mean of per-image worst | " \
+           "PSNR-Y (dB) | PSNR-Y USRNet (dB) |" in out
+    assert "| KG | x2 | 1 x 2 | 43.00 ± 1.00 | 42.00 | 42.00 | - | 25.50 |" in out
+    assert "| DIP | x2 | 1 x 1 | 47.00 ± 0.00 | 47.00 | 47.00 | 27.00 | - |" in out
