@@ -477,8 +477,8 @@ def discriminate(params: dict, x: jax.Array, algorithm: str | None = None) -> ja
     derivative stays in the Winograd domain), "rows" (`_conv_rows`, custom VJP), "im2col" (the k^2 shifted
     views side by side, one matmul) or "xla" (``lax.conv_general_dilated``); the same sums up to float32
     rounding. One D step (batch 64, value and gradient), one thread, AMD EPYC Zen 4: winograd 450-495 ms,
-    rows 640-700 ms; the whole iteration with 2 threads 0.74 s against the official 1.09 s (rows: 1.06 s
-    against 0.94 s; docs/benchmarks.md). On AVX2 CPUs, earlier, shared with other jobs: rows 2.1 - 2.5
+    rows 640-700 ms; the whole iteration with 2 threads 0.69-0.85 s against the official 0.96-1.09 s (rows:
+    1.06 s against 0.94 s; docs/benchmarks.md). On AVX2 CPUs, earlier, shared with other jobs: rows 2.1 - 2.5
     CPU-s per iteration, im2col 2.3 - 2.7, xla 6.3 (XLA:CPU runs the convolutions of the penalty's second
     derivative, which have unusual dimension numbers, on a slow path). Tried and dropped: XLA convolutions
     with hand-written first and second derivatives 2.9 - 3.3, real and fake batches in one vmapped call
