@@ -7,9 +7,9 @@
     python -m benchmarks.accuracy_table --sf 2 --dataset experiments/data/default \
         --run "DIP-DKP=results/cmp/x2_gaussian@dipdkp_x2" "DIP-FKP=results/cmp/x2_gaussian@dipdkp-fkp_x2"
 
-Each ``LABEL=DIR`` is either a `benchmarks.official_dipfkp_runs` folder (``<image>/seed<s>.npz``: the final
-kernel PSNR is the official `calculate_psnr` of the last kernel, PSNR-Y is computed here from the saved DIP
-output against ``DATASET/HR``) or an `experiments.study` / `benchmarks.prior_score` folder (its
+Each ``LABEL=DIR`` is either a `benchmarks.official_dipfkp_runs` / `benchmarks.official_kernelgan_runs` folder
+(``<image>/seed<s>.npz``: the final kernel PSNR is the official `calculate_psnr` of the last kernel, PSNR-Y is
+computed here from the saved DIP output against ``DATASET/HR``, where there is one) or an `experiments.study` / `benchmarks.prior_score` folder (its
 ``results.csv``; its run ``dipfkp_x{sf}``, or the run named after ``@``: ``DIR@RUN``, as a study names its
 runs, e.g. ``dipdkp-fkp_x2`` for ``--method dipdkp:fkp --sf 2``). Folders given under the same LABEL are
 pooled into one row (a set of restarts split over cores or sessions, e.g. half the images in each folder). Every row is summarised as
@@ -32,16 +32,17 @@ from benchmarks.prior_score import summarise, table
 
 
 def official_rows(folder: Path, hr_dir: Path, sf: int) -> list[dict]:
-    """Per-restart rows (image, kernel_psnr, psnr_y) of an official_dipfkp_runs folder."""
+    """Per-restart rows (image, kernel_psnr, psnr_y) of an official_dipfkp_runs or official_kernelgan_runs folder
+    (the latter has no DIP output, hence no psnr_y)."""
     from fkp_jax import cli, io, metrics
 
     rows = []
     for f in sorted(folder.glob("*/seed*.npz")):
         d = np.load(f)
         row = {"image": f.parent.name, "seed": f.stem.removeprefix("seed"),
-               "kernel_psnr": float(d["record_kernel_psnr"][-1])}
+               "kernel_psnr": float(d["kernel_psnr"] if "kernel_psnr" in d else d["record_kernel_psnr"][-1])}
         hr_path = next(iter(sorted(hr_dir.glob(f.parent.name + ".*"))), None)
-        if hr_path is not None:
+        if hr_path is not None and "sr" in d:
             row["psnr_y"] = metrics.psnr_y(io.read_image_u8(hr_path), cli.to_u8(d["sr"]), sf)  # modcrops both
         rows.append(row)
     return rows

@@ -78,3 +78,17 @@ def test_usrnet_psnr_column_when_a_run_has_it(tmp_path, capsys):
            "PSNR-Y (dB) | PSNR-Y USRNet (dB) |" in out
     assert "| KG | x2 | 1 x 2 | 43.00 ± 1.00 | 42.00 | 42.00 | - | 25.50 |" in out
     assert "| DIP | x2 | 1 x 1 | 47.00 ± 0.00 | 47.00 | 47.00 | 27.00 | - |" in out
+
+
+def test_official_kernelgan_folder(tmp_path, capsys):
+    """official_kernelgan_runs npz: the final kernel PSNR is its ``kernel_psnr`` (the x4 kernel of gan.finish()
+    at x4, not the last recorded x2 kernel), and without a DIP image there is no PSNR-Y."""
+    io.write_image_u8(tmp_path / "HR" / "a.png", np.zeros((24, 24, 3), np.uint8))
+    off = tmp_path / "official"
+    (off / "a").mkdir(parents=True)
+    np.savez(off / "a" / "seed0.npz", record_kernel_psnr=np.array([30.0, 35.0]), kernel_psnr=41.0)
+    np.savez(off / "a" / "seed1.npz", record_kernel_psnr=np.array([]), kernel_psnr=43.0)
+    rows = rows_of(off, tmp_path / "HR", 2)
+    assert [r["kernel_psnr"] for r in rows] == [41.0, 43.0] and all("psnr_y" not in r for r in rows)
+    assert main(["--sf", "2", "--dataset", str(tmp_path), "--run", f"KG official={off}"]) == 0
+    assert "| KG official | x2 | 1 x 2 | 42.00 ± 1.00 | 41.00 | 41.00 |" in capsys.readouterr().out
