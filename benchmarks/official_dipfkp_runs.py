@@ -137,10 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     weights = args.weights or args.official / "data" / "pretrained_models" / f"FKP_x{args.sf}.pt"
     lr_dir = args.dataset / f"DIPFKP_lr_x{args.sf}"
     gt_dir = args.dataset / f"DIPFKP_gt_k_x{args.sf}"
-    for path in (args.official / "DIPFKP" / "model" / "model.py", weights, lr_dir, gt_dir):
-        if not path.exists():
-            print(f"error: {path} not found", file=sys.stderr)
-            return 2
+    if not all_exist(args.official / "DIPFKP" / "model" / "model.py", weights, lr_dir, gt_dir):
+        return 2
     if args.child:
         name, seed = args.child[0], int(args.child[1])
         child(args.official.resolve(), lr_dir / f"{name}.png", gt_dir / f"{name}.mat", weights.resolve(),
@@ -152,6 +150,15 @@ def main(argv: list[str] | None = None) -> int:
            str(args.iters), "--threads", str(args.threads), "--weights", str(weights), "--out", str(args.out),
            "--starts", args.starts]
     return run_restarts("benchmarks.official_dipfkp_runs", cmd, names, seeds, args.out, args.threads)
+
+
+def all_exist(*paths: Path) -> bool:
+    """True when every path exists; else a one-line error naming the first missing one (stderr)."""
+    for path in paths:
+        if not path.exists():
+            print(f"error: {path} not found", file=sys.stderr)
+            return False
+    return True
 
 
 def run_restarts(module: str, cmd: list[str], names: list[str], seeds, out: Path, threads: int) -> int:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.official_dipfkp_runs import MARK, run_restarts
+from benchmarks.official_dipfkp_runs import MARK, all_exist, run_restarts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,10 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     weights = args.official / "data" / "pretrained_models" / "FKP_x2.pt"  # KernelGAN-FKP uses the x2 prior
     lr_dir = args.dataset / f"KernelGANFKP_lr_x{args.sf}"
     gt_dir = args.dataset / f"KernelGANFKP_gt_k_x{args.sf}"
-    for path in (args.official / "KernelGANFKP" / "model" / "model_FKP.py", weights, lr_dir, gt_dir):
-        if not path.exists():
-            print(f"error: {path} not found", file=sys.stderr)
-            return 2
+    if not all_exist(args.official / "KernelGANFKP" / "model" / "model_FKP.py", weights, lr_dir, gt_dir):
+        return 2
     if args.child:
         name, seed = args.child[0], int(args.child[1])
         child(args.official.resolve(), lr_dir / f"{name}.png", gt_dir / f"{name}.mat", weights.resolve(),
