@@ -9,8 +9,8 @@
 
 Each ``LABEL=DIR`` is either a `benchmarks.official_dipfkp_runs` / `benchmarks.official_kernelgan_runs` folder
 (``<image>/seed<s>.npz``: the final kernel PSNR is the official `calculate_psnr` of the last kernel, PSNR-Y is
-computed here from the saved DIP output against ``DATASET/HR``, where there is one) or an `experiments.study` / `benchmarks.prior_score` folder (its
-``results.csv``; its run ``dipfkp_x{sf}``, or the run named after ``@``: ``DIR@RUN``, as a study names its
+computed here from the saved DIP output against ``DATASET/HR``, where there is one) or an `experiments.study`
+/ `benchmarks.prior_score` folder (its ``results.csv``; its run ``dipfkp_x{sf}``, or the run named after ``@``: ``DIR@RUN``, as a study names its
 runs, e.g. ``dipdkp-fkp_x2`` for ``--method dipdkp:fkp --sf 2``). Folders given under the same LABEL are
 pooled into one row (a set of restarts split over cores or sessions, e.g. half the images in each folder). Every row is summarised as
 `benchmarks.prior_score` scores a prior (mean ± std over all restarts, worst restart, mean of the per-image
