@@ -30,7 +30,6 @@ of iterations on accelerators (`make_runner`'s ``chunk`` argument; measurements 
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Callable
 
 import jax
@@ -40,6 +39,7 @@ import optax
 from fkp_jax import dip, kernel_priors, metrics
 from fkp_jax.degrade import degrade
 from fkp_jax.kernel_priors import KernelPrior
+from fkp_jax.seeds import drive, stack_states, unstack  # noqa: F401 (stack_states, unstack: part of this API)
 
 State = dict[str, Any]
 
@@ -116,11 +116,6 @@ def state_from(dip_params, z_x: jax.Array, kernel_vars, prior: KernelPrior, conf
         "key": k_run,
         "z_x": z_x,
     }
-
-
-def stack_states(states: list[State]) -> State:
-    """Stack restarts along a new leading seed axis."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
 def data_loss(sr, kernel_vars, lr, t, prior: KernelPrior, config: DIPFKPConfig):
@@ -239,11 +234,6 @@ def default_seed_mode() -> str:
     return "loop" if jax.default_backend() == "cpu" else "vmap"
 
 
-def unstack(state: State, n: int) -> list[State]:
-    """The inverse of `stack_states`."""
-    return [jax.tree.map(lambda x: x[i], state) for i in range(n)]
-
-
 def make_runner(prior: KernelPrior, config: DIPFKPConfig, seeds: bool = False, chunk: int | None = None,
                 seed_mode: str | None = None):
     """A driver ``run(state, lr, iters=None, callback=None) -> (state, last outputs, seconds)``.
@@ -269,23 +259,9 @@ def make_runner(prior: KernelPrior, config: DIPFKPConfig, seeds: bool = False, c
         return fns[n]
 
     def run(state: State, lr, iters: int | None = None, callback: Callable[[int, dict], None] | None = None):
-        iters = config.iters if iters is None else iters
         looped = seeds and not vmapped
-        states = unstack(state, jax.tree.leaves(state)[0].shape[0]) if looped else [state]
-        start = time.perf_counter()
-        outs, done = [None] * len(states), 0
-        while done < iters:
-            n = min(chunk, iters - done)
-            for i, s in enumerate(states):
-                states[i], outs[i] = fn(n)(s, lr[i] if looped and lr.ndim == 5 else lr)
-            done += n
-            if callback is not None:
-                callback(done, stack_states(outs) if looped else outs[0])
-        jax.block_until_ready(outs)
-        seconds = time.perf_counter() - start
-        if looped:
-            return stack_states(states), stack_states(outs), seconds
-        return states[0], outs[0], seconds
+        return drive(fn, state, lr, config.iters if iters is None else iters, looped, chunk,
+                     per_seed_arg=looped and lr.ndim == 5, callback=callback)
 
     return run
 

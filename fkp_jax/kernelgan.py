@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any, Callable
 
 import jax
@@ -42,6 +41,7 @@ from jax import lax
 from fkp_jax import kernels as kernels_lib
 from fkp_jax import winograd
 from fkp_jax.kernel_priors import project_to_sphere
+from fkp_jax.seeds import drive, stack_states, unstack  # noqa: F401 (stack_states, unstack: part of this API)
 
 State = dict[str, Any]
 PRECISION = lax.Precision.HIGHEST
@@ -719,15 +719,6 @@ def final_kernel(kernel11: jax.Array, sf: int) -> jax.Array:
     raise ValueError(f"KernelGAN-FKP supports x2 and x4 only, not x{sf}")
 
 
-def stack_states(states: list[State]) -> State:
-    """Stack runs along a new leading seed axis."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-
-
-def unstack(state: State, n: int) -> list[State]:
-    return [jax.tree.map(lambda x: x[i], state) for i in range(n)]
-
-
 def default_seed_mode() -> str:
     """"loop" on CPU (one jitted single-seed step per seed), "vmap" elsewhere, as DIP-FKP."""
     return "loop" if jax.default_backend() == "cpu" else "vmap"
@@ -745,20 +736,7 @@ def make_runner(prior, config: KernelGANConfig, seeds: bool = False, seed_mode: 
     fn = make_step(prior, config, vmapped)
 
     def run(state: State, sampler: CropSampler, iters: int | None = None, callback=None):
-        iters = config.iters if iters is None else iters
-        looped = seeds and not vmapped
-        states = unstack(state, jax.tree.leaves(state)[0].shape[0]) if looped else [state]
-        outs = [None] * len(states)
-        start = time.perf_counter()
-        for t in range(1, iters + 1):
-            for i, s in enumerate(states):
-                states[i], outs[i] = fn(s, sampler)
-            if callback is not None:
-                callback(t, stack_states(outs) if looped else outs[0])
-        jax.block_until_ready(outs)
-        seconds = time.perf_counter() - start
-        if looped:
-            return stack_states(states), stack_states(outs), seconds
-        return states[0], outs[0], seconds
+        return drive(lambda n: fn, state, sampler, config.iters if iters is None else iters,
+                     seeds and not vmapped, callback=callback)
 
     return run

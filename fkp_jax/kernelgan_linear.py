@@ -72,6 +72,7 @@ import numpy as np
 import optax
 
 from fkp_jax import kernels as kernels_lib
+from fkp_jax.seeds import stack_states  # noqa: F401 (part of this API)
 
 State = dict[str, Any]
 PRECISION = jax.lax.Precision.HIGHEST
@@ -484,11 +485,6 @@ def _init_state(key: jax.Array, config: LinearKernelGANConfig) -> State:
              "g_opt": g_opt.init(g), "d_opt": d_opt.init(d), "sched": init_schedule(),
              "curr_k": generator_kernel(g, config.flip_kernel)}
     return jax.tree.map(jnp.copy, state)  # distinct buffers for every leaf (the step donates them)
-
-
-def stack_states(states: list[State]) -> State:
-    """Stack restarts along a new leading seed axis."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
 def g_loss(g_params, d_params, sn, g_in: jax.Array, lambdas: dict, config: LinearKernelGANConfig):
