@@ -35,6 +35,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from fkp_jax import dip, kernel_priors, metrics
 from fkp_jax.degrade import degrade
@@ -122,7 +123,10 @@ def data_loss(sr, kernel_vars, lr, t, prior: KernelPrior, config: DIPFKPConfig):
     """(data loss of iteration t, kernel) for a DIP output sr (1, H, W, C); lr is (1, h, w, C) in [0, 1]."""
     kernel = prior.kernel(kernel_vars)
     out = degrade(sr, kernel, config.sf)
-    loss = jnp.where(t <= ssim_until(prior, config), 1.0 - metrics.ssim(out, lr), metrics.mse(out, lr))
+    # lax.cond, not jnp.where: one seed then skips the SSIM (and its gradient) from t = ssim_until + 1 on;
+    # vmapped over seeds it becomes a select of both, as jnp.where was.
+    loss = lax.cond(t <= ssim_until(prior, config), lambda: 1.0 - metrics.ssim(out, lr),
+                    lambda: metrics.mse(out, lr))
     return loss, kernel
 
 

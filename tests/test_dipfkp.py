@@ -187,20 +187,25 @@ def test_same_seed_reproduces_and_vmap_matches_single(start, step, prior, config
 
 
 def test_restarts_match_the_original_statistically(ref):
-    """After iteration 1 the loop is chaotic, so 6 restarts of the trace case (150 iterations) are compared
-    with the original's two runs (43.79 and 49.55 dB final kernel PSNR): same latent schedule, and final
-    kernel PSNRs in the same range (10 restarts: docs/results.md; 6 keep the suite short)."""
+    """After iteration 1 the loop is chaotic, so 10 restarts of the trace case (150 iterations) are compared
+    with the original's two runs (43.79 and 49.55 dB final kernel PSNR): same latent schedule, and restarts
+    that reach the original's range.
+
+    The final kernel PSNR is bimodal over restarts: about 0.4 of them end at 45-59 dB, the rest at 33.7-43
+    (44 restarts pooled from docs/results.md and from runs on AVX-512 with 1 and 2 XLA threads, before and
+    after the SSIM blur became band products; any change of float32 rounding draws a new sample). So no
+    median or per-restart bound: those failed about one time in five when only the rounding changed (the
+    median of 6 was 41.6 before and 37.4-39.2 after that change, which computes the same function). A loop
+    whose latent never moves ends every restart at iteration 1's 34.2 dB and a wrong gradient sign below it;
+    both fail "the best of 10 restarts reaches 45 dB", which a working loop misses with probability about
+    0.59^10 = 0.5 %."""
     from experiments.trace_study import trace_restarts
 
-    res = trace_restarts(6, 150, ref)
+    res = trace_restarts(10, 150, ref)
     f = res["final_kernel_psnr"]
     assert np.all(res["first_latent_change"] == 78)
-    assert np.all(np.isfinite(f))
-    assert 40.0 <= np.median(f) <= 55.0, f
-    assert np.mean(f >= 35.0) >= 0.8, f
-    # the kernel estimate improves over the run, as in the original (34.2 dB at iteration 1), in most
-    # restarts: a chaotic run may end near its start (one of 6 ended at 34.07 dB on an AVX-512 machine)
-    assert np.mean(res["kernel_psnr"][-1] > res["kernel_psnr"][0]) >= 0.8, res["kernel_psnr"][-1]
+    assert np.all(np.isfinite(f)) and np.all(f < 70.0), f
+    assert np.max(f) >= 45.0, f
 
 
 @pytest.mark.parametrize("name, n_params", [("mlp", 322_121), ("softmax", 121)])

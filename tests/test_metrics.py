@@ -38,6 +38,25 @@ def test_training_losses(L, pair):
         np.testing.assert_allclose(float(M.ssim(a64, b64)), L["train_ssim_f64"], rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("shape", [(1, 24, 37, 5), (2, 19, M.BLUR_CHUNK + 22, 3)])
+def test_blur_band_matches_grouped_convolution(shape):
+    """The CPU's band products (`metrics._blur`, "band"; the wider shape is cut into two column chunks) compute
+    the grouped convolution's 121-tap sums: equal to float64 rounding, with the gradient (the SSIM loss's)."""
+    x = jax.random.uniform(jax.random.key(0), shape)
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(x, jnp.float64)
+        band, xla = (M._blur(x64, algorithm) for algorithm in ("band", "xla"))
+        assert band.shape == x.shape and band.dtype == jnp.float64
+        np.testing.assert_allclose(band, xla, rtol=0, atol=1e-14)
+        ct = jax.random.normal(jax.random.key(1), shape, jnp.float64)
+        g_band, g_xla = (jax.grad(lambda v, a=a: jnp.sum(ct * M._blur(v, a)))(x64) for a in ("band", "xla"))
+        np.testing.assert_allclose(g_band, g_xla, rtol=0, atol=1e-13)
+    # float32: the same sums in another order (|blur| <= 1: a few ulps)
+    np.testing.assert_allclose(M._blur(x, "band"), M._blur(x, "xla"), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="blur algorithm"):
+        M._blur(x, "fft")
+
+
 def test_training_losses_invariants(pair):
     a, b = pair
     assert abs(float(M.ssim(a, a)) - 1.0) < 1e-6
