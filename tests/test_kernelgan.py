@@ -300,6 +300,21 @@ def test_generator_kernel_is_the_priors(prior):
                                0.5 * float(kernel.sum()), rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape, k, stride", [((2, 30, 25, 3), 5, 1), ((1, 31, 40, 2), 7, 3)])
+def test_generator_band_products_are_the_strided_correlation(shape, k, stride):
+    """`generate` as band products, at other sizes and strides than the solver's: the strided VALID
+    correlation of every channel (float64 reference)."""
+    rng = np.random.RandomState(3)
+    x, kernel = rng.rand(*shape).astype(np.float32), rng.rand(k, k).astype(np.float32)
+    out = np.asarray(kg.generate(jnp.asarray(kernel), jnp.asarray(x), stride))
+    oh, ow = (shape[1] - k) // stride + 1, (shape[2] - k) // stride + 1
+    xs = x.astype(np.float64)
+    want = np.stack([[[np.einsum("rc,rcx->x", kernel.astype(np.float64),
+                                 xs[b, stride * i:stride * i + k, stride * j:stride * j + k])
+                       for j in range(ow)] for i in range(oh)] for b in range(shape[0])])
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-5)
+
+
 def test_discriminator_init():
     p = kg.init_discriminator(jax.random.key(0))
     assert kg.count_params(p) == 29185
