@@ -24,3 +24,11 @@ def test_cpu_flags_read_from_proc_cpuinfo():
 def test_configure_applies_and_is_idempotent():
     assert runtime.configure() is True
     assert runtime.configure() is True
+
+
+def test_configure_makes_cpu_dispatch_synchronous():
+    """XLA:CPU computations run on the calling thread (their temporaries then stay in the main malloc heap)."""
+    import jax
+
+    runtime.configure()
+    assert jax.config.values["jax_cpu_enable_async_dispatch"] is False
