@@ -38,6 +38,7 @@ import optax
 from flax import struct
 from jax import lax
 
+from fkp_jax import band
 from fkp_jax import kernels as kernels_lib
 from fkp_jax import winograd
 from fkp_jax.kernel_priors import project_to_sphere
@@ -307,35 +308,16 @@ def sample_batch(key: jax.Array, sampler: CropSampler, batch: int, g_size: int =
 # Generator (spec 7.2)
 
 
-def _band_selector(k: int, width: int, stride: int) -> np.ndarray:
-    """(k, width, out) 0/1: P[dx, v, j] = 1 where v = stride j + dx (input column v feeds output column j
-    through kernel column dx), out = (width - k) // stride + 1."""
-    out = (width - k) // stride + 1
-    sel = np.zeros((k, width, out), np.float32)
-    for j in range(out):
-        sel[np.arange(k), stride * j + np.arange(k), j] = 1.0
-    return sel
-
-
 def generate(kernel: jax.Array, g_in: jax.Array, stride: int = 2) -> jax.Array:
     """Per-channel VALID correlation of g_in (B, H, W, C) with kernel (k, k), keeping rows / cols
     0, stride, 2 stride, ...: (B, (H - k) // stride + 1, ..., C); 64 -> 54 -> 27 for k = 11.
 
-    Computed as band products, not as a convolution: row dy of the kernel becomes a banded (W, OW) matrix
-    (`_band_selector`), the k strided row copies of each channel image are multiplied by their band and
-    summed in one contraction over (row, column). XLA:CPU ran the one-channel strided convolution at about
-    2.6 GFLOP/s: 13.6 ms forward and 5-9 ms more for the kernel gradient of the G step, per iteration, against
-    3.4 ms forward and 2.8 ms forward + kernel gradient as band products (B = 64 crops of 64 x 64 x 3, AMD
-    EPYC Zen 4). The same k^2 products per output; float32 rounding differs only."""
-    b, h, w, c = g_in.shape
-    k = kernel.shape[0]
-    oh, ow = (h - k) // stride + 1, (w - k) // stride + 1
-    band = jnp.einsum("ab,bvj->avj", kernel, jnp.asarray(_band_selector(k, w, stride), kernel.dtype),
-                      precision=PRECISION)  # (k, W, OW): band[dy, v, j] = kernel[dy, v - stride j]
-    x = g_in.transpose(0, 3, 1, 2).reshape(b * c, h, w)
-    rows = jnp.stack([x[:, dy:dy + stride * (oh - 1) + 1:stride] for dy in range(k)], axis=2)  # (BC, OH, k, W)
-    y = jnp.einsum("niav,avj->nij", rows, band.astype(x.dtype), precision=PRECISION)
-    return y.reshape(b, c, oh, ow).transpose(0, 2, 3, 1)
+    Computed as band products (`fkp_jax.band.correlate_channels`), not as a convolution: XLA:CPU ran the
+    one-channel strided convolution at about 2.6 GFLOP/s, 13.6 ms forward and 5-9 ms more for the kernel
+    gradient of the G step per iteration, against 3.4 ms forward and 2.8 ms forward + kernel gradient as band
+    products (B = 64 crops of 64 x 64 x 3, AMD EPYC Zen 4, AVX-512). The same k^2 products per output; float32
+    rounding differs only."""
+    return band.correlate_channels(g_in, kernel, stride)
 
 
 # --------------------------------------------------------------------------------------------

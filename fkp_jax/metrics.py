@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fkp_jax import band
+
 WINDOW = 11
 SIGMA = 1.5
 
@@ -45,17 +47,6 @@ def _check_pair(a, b):
 BLUR_CHUNK = 128  # output columns per band product (`_blur`, CPU)
 
 
-def _band_matrices(width: int) -> np.ndarray:
-    """(WINDOW, width + WINDOW - 1, width) float32: B[dy, v, u] = window[dy, v - u] where 0 <= v - u < WINDOW,
-    else 0. Row dy of the 2-D window as a banded matrix: (input columns of a zero-padded row) @ B[dy] = that
-    row's 1-D correlation with window row dy, for ``width`` outputs."""
-    win = gaussian_window()
-    band = np.zeros((WINDOW, width + WINDOW - 1, width), np.float32)
-    for u in range(width):
-        band[:, u:u + WINDOW, u] = win
-    return band
-
-
 def blur_algorithm() -> str:
     """How `_blur` computes the depthwise 11 x 11 filter: "band" on CPUs, "xla" (the platform's grouped
     convolution) on accelerators. XLA:CPU runs a grouped convolution at about 2 GFLOP/s: value and gradient of
@@ -74,11 +65,10 @@ def _blur(x, algorithm: str | None = None):
     float32-rounded 2-D window, sum 1 - 7e-8) moved 1 - SSIM of DIP-DKP's first step by 1.1e-5 relative in
     float64 (golden_dkp).
 
-    ``algorithm`` (default `blur_algorithm`): "xla" = a grouped ``lax.conv_general_dilated``; "band" = the
-    same 121-tap sums as matrix products: the 11 row-shifted copies of the padded input, each times the
-    banded matrix of its window row (`_band_matrices`), summed in one contraction over (row, column), in
-    chunks of `BLUR_CHUNK` output columns (a band matrix does WINDOW x fewer zero multiplies per column than
-    its width, so wide images are cut). Same window, same taps: the two differ by float32 rounding only."""
+    ``algorithm`` (default `blur_algorithm`): "xla" = a grouped ``lax.conv_general_dilated``; "band" =
+    `fkp_jax.band.correlate_channels` (the same 121-tap sums as matrix products) in chunks of `BLUR_CHUNK`
+    output columns (a band matrix multiplies by zero width / 11 times more than the window does, so wide
+    images are cut). Same window, same taps: the two differ by float32 rounding only."""
     algorithm = blur_algorithm() if algorithm is None else algorithm
     c = x.shape[-1]
     pad = WINDOW // 2
@@ -89,15 +79,11 @@ def _blur(x, algorithm: str | None = None):
                                         precision=lax.Precision.HIGHEST)
     if algorithm != "band":
         raise ValueError(f"blur algorithm must be 'band' or 'xla', not {algorithm!r}")
-    h, w = x.shape[1], x.shape[2]
+    w = x.shape[2]
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    outs = []
-    for a in range(0, w, BLUR_CHUNK):
-        b = min(w, a + BLUR_CHUNK)
-        cols = xp[:, :, a:b + 2 * pad]
-        rows = jnp.stack([cols[:, dy:dy + h] for dy in range(WINDOW)])  # (11, N, H, b - a + 10, C)
-        band = jnp.asarray(_band_matrices(b - a), x.dtype)
-        outs.append(jnp.einsum("dnhvc,dvu->nhuc", rows, band, precision=lax.Precision.HIGHEST))
+    window = jnp.asarray(gaussian_window(), x.dtype)
+    outs = [band.correlate_channels(xp[:, :, a:min(w, a + BLUR_CHUNK) + 2 * pad], window)
+            for a in range(0, w, BLUR_CHUNK)]
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
 
 
