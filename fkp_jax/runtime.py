@@ -54,11 +54,20 @@ def has_avx512() -> bool:
 
 
 def cpu_model() -> str:
-    """The CPU model name ("model name" in /proc/cpuinfo), else what ``platform`` knows."""
+    """The CPU model name ("model name" in /proc/cpuinfo) with its family and model numbers where the file
+    gives them (virtual machines often show only "Intel(R) Xeon(R) Processor"; the numbers name the
+    generation, e.g. family 6 model 207 = Emerald Rapids, family 25 model 17 = Zen 4), else what
+    ``platform`` knows."""
     try:
+        fields = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if not line.strip():
+                break  # the first processor's block is enough
+        if fields.get("model name"):
+            family, model = fields.get("cpu family"), fields.get("model")
+            return fields["model name"] + (f" (family {family} model {model})" if family and model else "")
     except OSError:
         pass
     return platform.processor() or platform.machine()
