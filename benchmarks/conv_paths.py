@@ -1,0 +1,145 @@
+"""One KernelGAN discriminator body convolution (VALID 3x3, NHWC, 64 x 25 x 25 x 32 -> 32) by each path
+XLA:CPU offers, in one process: milliseconds for the forward map, the input gradient, the weight gradient
+and the penalty-like second derivative (the gradient in taps and cotangent of <c, input gradient>).
+
+    python -m benchmarks.conv_paths                 # prints a markdown table (docs/benchmarks.md, "Intel Xeon")
+    python -m benchmarks.conv_paths --repeats 50 --batch 64 --size 25 --channels 32
+
+Paths:
+- "xla": ``lax.conv_general_dilated`` and JAX's autodiff of it, compiled with XLA's defaults (jax 0.10.2
+  hands unpadded convolutions to a YNNPACK fusion, padded ones to its Eigen convolution);
+- "xla, YNN dot only": the same, compiled with ``compiler_options={"xla_cpu_experimental_ynn_fusion_type":
+  "LIBRARY_FUSION_TYPE_DOT"}`` (convolutions on Eigen);
+- "xla triple, YNN dot only": the three maps (forward, input gradient as a padded convolution with the flipped
+  taps, weight gradient) as custom-VJP functions of each other, so that the second derivative is again these
+  maps (the structure of `fkp_jax.winograd.conv3x3_valid`), compiled as the previous row;
+- "winograd": `fkp_jax.winograd.conv3x3_valid` and its two adjoint maps (the library's CPU default for the
+  discriminator), default options.
+A benchmark only: the library does not use the XLA triple (docs/benchmarks.md says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+YNN_DOT_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+def xla_triple():
+    """(fwd, input_grad, weight_grad): VALID 3x3 correlation maps over ``lax.conv_general_dilated`` whose
+    VJPs are made of each other (fwd <- (input_grad, weight_grad), and so on)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    p = lax.Precision.HIGHEST
+    nhwc = ("NHWC", "HWIO", "NHWC")
+
+    @jax.custom_vjp
+    def fwd(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=nhwc, precision=p)
+
+    @jax.custom_vjp
+    def input_grad(dy, w):
+        k = w.shape[0]
+        taps = jnp.flip(w, (0, 1)).swapaxes(2, 3)
+        return lax.conv_general_dilated(dy, taps, (1, 1), [(k - 1, k - 1)] * 2, dimension_numbers=nhwc, precision=p)
+
+    @jax.custom_vjp
+    def weight_grad(x, dy):
+        return lax.conv_general_dilated(x, dy, (1, 1), "VALID", dimension_numbers=("CHWN", "IHWO", "HWNC"),
+                                        precision=p)
+
+    fwd.defvjp(lambda x, w: (fwd(x, w), (x, w)), lambda r, g: (input_grad(g, r[1]), weight_grad(r[0], g)))
+    input_grad.defvjp(lambda dy, w: (input_grad(dy, w), (dy, w)), lambda r, g: (fwd(g, r[1]), weight_grad(g, r[0])))
+    weight_grad.defvjp(lambda x, dy: (weight_grad(x, dy), (x, dy)),
+                       lambda r, c: (input_grad(r[1], c), fwd(r[0], c)))
+    return fwd, input_grad, weight_grad
+
+
+def autodiff_maps(conv):
+    """(fwd, input_grad, weight_grad) of a forward map by JAX's VJP."""
+    import jax
+
+    def input_grad(dy, w, shape):
+        return jax.vjp(lambda x: conv(x, w), jax.numpy.zeros(shape, dy.dtype))[1](dy)[0]
+
+    def weight_grad(x, dy, w):
+        return jax.vjp(lambda w_: conv(x, w_), w)[1](dy)[0]
+
+    return conv, input_grad, weight_grad
+
+
+def time_ms(fn, args, repeats: int, options=None) -> float:
+    import jax
+
+    f = jax.jit(fn, compiler_options=options)
+    jax.block_until_ready(f(*args))
+    jax.block_until_ready(f(*args))
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        ts.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(ts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--size", type=int, default=25, help="input side (output side - 2)")
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=30)
+    args = ap.parse_args(argv)
+
+    from fkp_jax import runtime
+
+    runtime.configure()
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from fkp_jax import winograd
+
+    n, s, c = args.batch, args.size, args.channels
+    keys = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(keys[0], (n, s, s, c))
+    w = 0.1 * jax.random.normal(keys[1], (3, 3, c, c))
+    dy = jax.random.normal(keys[2], (n, s - 2, s - 2, c))
+    cot = jax.random.normal(keys[3], x.shape)
+
+    def plain(x_, w_):
+        return lax.conv_general_dilated(x_, w_, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=lax.Precision.HIGHEST)
+
+    ad_fwd, ad_in, ad_w = autodiff_maps(plain)
+    tr_fwd, tr_in, tr_w = xla_triple()
+    paths = {
+        "xla (defaults)": (ad_fwd, lambda g, k: ad_in(g, k, x.shape), lambda a, g: ad_w(a, g, w), None),
+        "xla, YNN dot only": (ad_fwd, lambda g, k: ad_in(g, k, x.shape), lambda a, g: ad_w(a, g, w), YNN_DOT_ONLY),
+        "xla triple, YNN dot only": (tr_fwd, tr_in, tr_w, YNN_DOT_ONLY),
+        "winograd (library default)": (winograd.conv3x3_valid, lambda g, k: winograd.conv3x3_valid_t(g, k, x.shape),
+                                       winograd.conv3x3_valid_w, None),
+    }
+    rows = []
+    for name, (fwd, in_grad, w_grad, options) in paths.items():
+        def second(g, k, in_grad=in_grad):
+            return jax.grad(lambda k_, g_: jnp.vdot(cot, in_grad(g_, k_)), argnums=(0, 1))(k, g)
+
+        ms = [time_ms(fwd, (x, w), args.repeats, options), time_ms(in_grad, (dy, w), args.repeats, options),
+              time_ms(w_grad, (x, dy), args.repeats, options), time_ms(second, (dy, w), args.repeats, options)]
+        rows.append(f"| {name} | " + " | ".join(f"{m:.1f}" for m in ms) + " |")
+        print(rows[-1], file=sys.stderr, flush=True)
+    print(f"Body convolution {n} x {s} x {s} x {c} -> {c}, ms (median of {args.repeats}), "
+          f"{runtime.cpu_name()}, jax {jax.__version__}\n")
+    print("| path | forward | input gradient | weight gradient | second derivative |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
