@@ -21,9 +21,7 @@ A benchmark only: the library does not use the XLA triple (docs/benchmarks.md sa
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 YNN_DOT_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
@@ -74,17 +72,13 @@ def autodiff_maps(conv):
 
 
 def time_ms(fn, args, repeats: int, options=None) -> float:
+    """Median milliseconds of ``fn(*args)`` jitted with ``options`` (`kulnet_speed.timed`: first call dropped)."""
     import jax
 
+    from benchmarks.kulnet_speed import timed
+
     f = jax.jit(fn, compiler_options=options)
-    jax.block_until_ready(f(*args))
-    jax.block_until_ready(f(*args))
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
+    return 1e3 * timed(lambda: f(*args), repeats)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
