@@ -41,7 +41,7 @@ def measure(h: int, w: int, seeds: int, iters: int, seed_mode: str, chunk: int) 
     keys = jax.random.split(jax.random.key(0), seeds)
     state = jax.vmap(lambda k: dipfkp.init_state(k, prior, (h // sf, w // sf), config))(keys)
     one = dipfkp.init_state(keys[0], prior, (h // sf, w // sf), config)
-    cost = dipfkp.make_step(prior, config).lower(one, lr).compile().cost_analysis()
+    cost = jax.jit(lambda s, y: dipfkp.step(s, y, prior, config)).lower(one, lr).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = seeds * float(cost.get("flops", float("nan"))) if cost else float("nan")
     run = dipfkp.make_runner(prior, config, seeds=True, chunk=chunk, seed_mode=seed_mode)

@@ -47,8 +47,9 @@ DKP_MARKS = (13, 405, 460)  # the original's minimum, last 1 - SSIM step and max
 DKP_CURVE = (1, 13, 50, 100, 200, 300, 405, 406, 460, 500)  # steps of the curve table
 
 
-def trace_restarts(n_seeds: int = 10, iters: int = 150, ref: Path = REF) -> dict:
-    """Run the trace case from n_seeds restarts; returns per-restart arrays and the original's numbers."""
+def trace_restarts(n_seeds: int = 10, iters: int = 150, ref: Path = REF, prior=None) -> dict:
+    """Run the trace case from n_seeds restarts; returns per-restart arrays and the original's numbers.
+    ``prior``: the FKP x2 prior of the official weights, if already built (its step compilation is then shared)."""
     import jax
     import jax.numpy as jnp
 
@@ -56,7 +57,8 @@ def trace_restarts(n_seeds: int = 10, iters: int = 150, ref: Path = REF) -> dict
     from fkp_jax.convert import dip_params_from_torch, prior_from_torch
     
     trace = np.load(ref / "golden" / "dipfkp_trace_x2.npz")
-    prior = kernel_priors.fkp_prior(prior_from_torch(ref / "weights" / "FKP_x2.pt"))
+    if prior is None:
+        prior = kernel_priors.fkp_prior(prior_from_torch(ref / "weights" / "FKP_x2.pt"))
     config = dipfkp.DIPFKPConfig(sf=2, iters=iters)
     lr = jnp.asarray(trace["lr_input"].transpose(0, 2, 3, 1))
     latent = jnp.asarray(trace["latent_init"].reshape(-1))

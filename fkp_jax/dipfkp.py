@@ -130,15 +130,6 @@ def data_loss(sr, kernel_vars, lr, t, prior: KernelPrior, config: DIPFKPConfig):
     return loss, kernel
 
 
-def loss_fn(dip_params, kernel_vars, z_x, lr, t, prior: KernelPrior, config: DIPFKPConfig):
-    """Loss of iteration t (data loss + the prior's image regulariser, if any) and its forward results."""
-    sr = dip.apply(dip_params, z_x)
-    loss, kernel = data_loss(sr, kernel_vars, lr, t, prior, config)
-    if prior.image_regulariser is not None:
-        loss = loss + prior.image_regulariser(sr, lr)
-    return loss, (sr, kernel)
-
-
 def _backward(sr, dip_vjp, kernel_vars, lr, t, prior: KernelPrior, config: DIPFKPConfig):
     """Loss, outputs and (DIP gradients, kernel-variable gradients) given the DIP forward (sr, its VJP)."""
     (loss, kernel), (g_sr, g_k) = jax.value_and_grad(data_loss, argnums=(0, 1), has_aux=True)(
@@ -194,12 +185,23 @@ def over_seeds(fn: Callable) -> Callable:
     return lambda state, lr: jax.vmap(fn, in_axes=(0, 0 if lr.ndim == 5 else None))(state, lr)
 
 
+def _step_seeds(state: State, lr, prior: KernelPrior, config: DIPFKPConfig):
+    return over_seeds(lambda s, y: step(s, y, prior, config))(state, lr)
+
+
+# One jit cache for every make_step call: the prior (a frozen dataclass of functions, hashed by their identity)
+# and the config are static arguments, so runners, studies and tests that step the same prior object on the
+# same shapes share one compilation.
+_STEP = jax.jit(step, static_argnames=("prior", "config"), donate_argnums=0)
+_STEP_SEEDS = jax.jit(_step_seeds, static_argnames=("prior", "config"), donate_argnums=0)
+
+
 def make_step(prior: KernelPrior, config: DIPFKPConfig, seeds: bool = False) -> Callable:
     """The jitted step ``(state, lr) -> (state, outputs)``; with seeds=True, vmapped over the state's leading axis
     (`over_seeds`). The input state is donated (its buffers are reused for the new state): do not read it afterwards.
     """
-    fn = lambda s, lr: step(s, lr, prior, config)
-    return jax.jit(over_seeds(fn) if seeds else fn, donate_argnums=0)
+    fn = _STEP_SEEDS if seeds else _STEP
+    return lambda state, lr: fn(state, lr, prior=prior, config=config)
 
 
 def make_chunk(prior: KernelPrior, config: DIPFKPConfig, length: int, seeds: bool = False) -> Callable:
@@ -210,15 +212,15 @@ def make_chunk(prior: KernelPrior, config: DIPFKPConfig, length: int, seeds: boo
         one = over_seeds(one)
 
     def chunk(state, lr):
-        state, out = one(state, lr)  # the first iteration outside the scan gives the carry its shapes
-        first_loss = out["loss"]
+        # the carry holds the last outputs; zeros of their shapes to start (one traced copy of the step, not two)
+        out = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(one, state, lr)[1])
 
         def body(carry, _):
             s, o = one(carry[0], lr)
             return (s, o), o["loss"]
 
-        (state, out), losses = jax.lax.scan(body, (state, out), None, length=length - 1)
-        return state, {**out, "losses": jnp.concatenate([first_loss[None], losses])}
+        (state, out), losses = jax.lax.scan(body, (state, out), None, length=length)
+        return state, {**out, "losses": losses}
 
     return jax.jit(chunk, donate_argnums=0)
 

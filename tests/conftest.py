@@ -11,6 +11,16 @@ import pytest
 
 from fkp_jax import runtime
 
+
+def _pin_xdist_worker():
+    """Under pytest-xdist, each worker on a core of its own (worker i on core i mod cores), before XLA starts."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if os.environ.get("FKP_TEST_PIN") == "1" and worker.startswith("gw") and hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cores[int(worker[2:]) % len(cores)]})
+
+
+_pin_xdist_worker()
 runtime.configure()  # as every entry point does: the suite runs the same code paths at the same speed
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"

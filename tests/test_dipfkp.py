@@ -40,9 +40,16 @@ def start(ref, trace, prior, config):
 
 
 @pytest.fixture(scope="module")
-def iteration1(start, prior, config):
+def grads_fn(prior, config):
+    """The jitted loss and gradients of a state (compiled once for the module: the iteration counter is an
+    argument, so iterations 1, 80 and 81 share it)."""
+    return jax.jit(lambda s, y: dipfkp.grads(s, y, prior, config))
+
+
+@pytest.fixture(scope="module")
+def iteration1(start, grads_fn):
     state, lr = start
-    return jax.jit(lambda s, y: dipfkp.grads(s, y, prior, config))(state, lr)
+    return grads_fn(state, lr)
 
 
 def test_iteration1_loss_kernel_and_sr(iteration1, trace):
@@ -141,10 +148,10 @@ def test_kernel_branch_unit_check(trace, prior):
     np.testing.assert_allclose(np.asarray(z1), trace["unit_latent_after_step"].reshape(-1), atol=4e-5)
 
 
-def test_loss_switches_from_ssim_to_mse_after_iteration_80(start, prior, config):
+def test_loss_switches_from_ssim_to_mse_after_iteration_80(start, grads_fn):
     state, lr = start
     for t, expect in ((80, "ssim"), (81, "mse")):
-        loss, (sr, kernel) = dipfkp.loss_fn(state["dip"], state["kvars"], state["z_x"], lr, t, prior, config)
+        (loss, (sr, kernel)), _ = grads_fn({**state, "t": jnp.asarray(t, state["t"].dtype)}, lr)
         out = degrade_lib.degrade(sr, kernel, 2)
         ref = 1.0 - metrics.ssim(out, lr) if expect == "ssim" else metrics.mse(out, lr)
         assert float(loss) == pytest.approx(float(ref), rel=1e-6)
@@ -186,7 +193,7 @@ def test_same_seed_reproduces_and_vmap_matches_single(start, step, prior, config
     assert not np.allclose(np.asarray(out["sr"][0]), np.asarray(out["sr"][1]))
 
 
-def test_restarts_match_the_original_statistically(ref):
+def test_restarts_match_the_original_statistically(ref, prior):
     """After iteration 1 the loop is chaotic, so 10 restarts of the trace case (150 iterations) are compared
     with the original's two runs (43.79 and 49.55 dB final kernel PSNR): same latent schedule, and restarts
     that reach the original's range.
@@ -201,7 +208,7 @@ def test_restarts_match_the_original_statistically(ref):
     0.59^10 = 0.5 %."""
     from experiments.trace_study import trace_restarts
 
-    res = trace_restarts(10, 150, ref)
+    res = trace_restarts(10, 150, ref, prior)  # the module's prior: its compiled step is shared
     f = res["final_kernel_psnr"]
     assert np.all(res["first_latent_change"] == 78)
     assert np.all(np.isfinite(f)) and np.all(f < 70.0), f

@@ -7,9 +7,12 @@ Tolerances of the training step. Our float32 step is compared with the original'
 read from the golden file as the original's own float32-vs-float64 spread, measured in relative terms:
 - losses: rtol = 4 x the largest relative spread of the three loss terms (l_kl: 8.0e-8 -> 3.2e-7); measured ours
   1.3e-7 (l_ker: a float32 mean of 882 differences, summed in another order than PyTorch);
-- gradient norms (126 tensors): rtol = the WORST relative spread over the 126 tensors (1.54e-5), margin 1;
-  measured ours 7.3e-7 at worst (median 4.8e-8). A per-tensor spread is no scale: for some tensors the original's
-  two precisions agree to 1e-10 by luck;
+- gradient norms (126 tensors): rtol = 2 x the WORST relative spread over the 126 tensors (1.54e-5 -> 3.1e-5);
+  measured ours 7.3e-7 at worst (median 4.8e-8) with XLA:CPU on 2 threads, but 1.546e-5 with one thread (a
+  process on one core, `taskset -c 0`, Intel Xeon family 6 model 207): there our float32 norm of
+  SR_net.Encoding.E5.2.bias equals the original's float32 one to 1e-11 relative, i.e. the same rounding, whose
+  own spread IS the worst one; margin 1 failed by 0.5 %. A per-tensor spread is no scale: for some tensors the
+  original's two precisions agree to 1e-10 by luck;
 - update norms (theta_after - theta_before): rtol = 2 x the worst relative spread of the update norms (2.6e-5:
   the float32 rounding of theta + update, ulp(theta) / 2 against an update of ~2e-4); measured ours 1.8e-5 (the
   same rounding, identical to the original's float32 for most tensors once Adam's bias corrections are computed
@@ -35,6 +38,7 @@ from fkp_jax.torch_state import load_state_dict
 
 LOSS_MARGIN = 4.0
 UPDATE_MARGIN = 2.0
+GRAD_NORM_MARGIN = 2.0
 ARRAY_MARGIN = 4.0
 PREQUANT_ATOL = 2e-6  # our float32 blur vs the original's before quantisation: measured 7.2e-7 (conv sum order)
 
@@ -80,7 +84,7 @@ def check_golden_step(g, metrics, grads, before, after):
     assert sorted(names) == sorted(grads)
     gnorm = np.array([np.linalg.norm(grads[k].astype(np.float64)) for k in names])
     np.testing.assert_allclose(gnorm, g["grad_norm_f64"], atol=0, err_msg="gradient norms",
-                               rtol=rel_spread(g["grad_norm_f32"], g["grad_norm_f64"]).max())
+                               rtol=GRAD_NORM_MARGIN * rel_spread(g["grad_norm_f32"], g["grad_norm_f64"]).max())
     zeros = np.array([int((grads[k] == 0).sum()) for k in names])  # dead ReLUs: structural exact zeros
     assert np.abs(zeros - g["grad_zero_count_f32"]).sum() <= 1e-3 * g["grad_zero_count_f32"].sum()
     unorm = np.array([np.linalg.norm(after[k].astype(np.float64) - before[k]) for k in names])
