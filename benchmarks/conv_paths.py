@@ -26,6 +26,14 @@ import sys
 YNN_DOT_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
+def xla_valid(x, w):
+    """VALID 3x3 correlation by ``lax.conv_general_dilated`` (NHWC, HWIO, float32 at HIGHEST precision)."""
+    from jax import lax
+
+    return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    precision=lax.Precision.HIGHEST)
+
+
 def xla_triple():
     """(fwd, input_grad, weight_grad): VALID 3x3 correlation maps over ``lax.conv_general_dilated`` whose
     VJPs are made of each other (fwd <- (input_grad, weight_grad), and so on)."""
@@ -38,7 +46,7 @@ def xla_triple():
 
     @jax.custom_vjp
     def fwd(x, w):
-        return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=nhwc, precision=p)
+        return xla_valid(x, w)
 
     @jax.custom_vjp
     def input_grad(dy, w):
@@ -94,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     runtime.configure()
     import jax
     import jax.numpy as jnp
-    from jax import lax
 
     from fkp_jax import winograd
 
@@ -105,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     dy = jax.random.normal(keys[2], (n, s - 2, s - 2, c))
     cot = jax.random.normal(keys[3], x.shape)
 
-    def plain(x_, w_):
-        return lax.conv_general_dilated(x_, w_, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        precision=lax.Precision.HIGHEST)
-
-    ad_fwd, ad_in, ad_w = autodiff_maps(plain)
+    ad_fwd, ad_in, ad_w = autodiff_maps(xla_valid)
     tr_fwd, tr_in, tr_w = xla_triple()
     paths = {
         "xla (defaults)": (ad_fwd, lambda g, k: ad_in(g, k, x.shape), lambda a, g: ad_w(a, g, w), None),

@@ -3,14 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-
 from benchmarks import conv_paths
 
-
-def _plain(x, w):
-    return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                    precision=lax.Precision.HIGHEST)
+_plain = conv_paths.xla_valid  # JAX's autodiff of it is the reference
 
 
 def test_xla_triple_matches_autodiff_to_second_order():
