@@ -98,9 +98,6 @@ def load(args):
     if args.iters != steps(args):
         raise ValueError(f"Diff-DKP runs the {steps(args)} respaced steps of its schedule: --iters does not apply "
                          "(leave it out)")
-    if args.released_quirks and args.real:
-        raise ValueError("--released-quirks warms the kernel up towards the ground-truth kernel: it cannot be "
-                         "combined with --real")
     if args.kernel_prior != "dkp":
         raise ValueError("Diff-DKP's kernel prior is DKP's G_k")
     adm_path, clf_path = checkpoint_paths(args)
@@ -141,10 +138,7 @@ def build(args):
 
     nets, config = load(args)
 
-    def solve(job, lr, gt, progress):
-        if config.released_quirks and gt is None:
-            raise ValueError(f"{job.name}: --released-quirks needs the ground-truth kernel (a .mat beside the LR "
-                             "folder)")
+    def solve(job, lr, gt, progress):  # (gt: there with --released-quirks, `Method.gt_kernel_option`)
         start = time.perf_counter()
         hr_size = (lr.shape[0] * args.sf, lr.shape[1] * args.sf)
         kernels, srs = [], []
@@ -170,6 +164,7 @@ def method():
         pad_gt_kernel=True, image_model="Diff-DKP (guided-diffusion ADM)",
         prior_help="DKP's kernel MLP G_k (the only choice)",
         weights_help="not used by Diff-DKP (use --adm / --classifier)",
+        gt_kernel_option=lambda args: "--released-quirks" if args.released_quirks else None,
         recorded_options=("adm", "classifier", "released_quirks", "half", "tiny"))
 
 

@@ -31,7 +31,8 @@ def check_lr(name: str, lr, args) -> None:
     shave = 0 if args.real else kernelgan.SHAVE
     need = kernelgan.min_image_size(config.g_size, config.d_size, shave)
     if min(lr.shape[:2]) < need:
-        why = "" if args.real else f" ({shave}-pixel border shave of synthetic inputs included)"
+        why = "" if args.real else (f" ({shave}-pixel border shave of synthetic inputs included; "
+                                    f"{need - 2 * shave} with --real)")
         raise ValueError(f"{name}: image too small for KernelGAN's {config.g_size}x{config.g_size} crops: "
                          f"LR {lr.shape[0]}x{lr.shape[1]}; needs LR sides >= {need}{why}")
 
@@ -55,9 +56,7 @@ def solver_parts(args):
 
     from fkp_jax import flow, kernelgan, kernelgan_linear
 
-    if args.kernel_prior == "linear":
-        if args.weights:
-            raise ValueError("--weights is an FKP prior; the linear (original KernelGAN) generator has none")
+    if args.kernel_prior == "linear":  # (--weights with it: refused by fkp_jax.cli)
         config = kernelgan_linear.LinearKernelGANConfig()
         init = lambda key: kernelgan_linear.init_state(key, config)  # noqa: E731
         step = lambda seeds: kernelgan_linear.make_step(config, seeds)  # noqa: E731 (seeds: lax.map / vmap)

@@ -65,13 +65,21 @@ def _draw_kernel(key: jax.Array, sf: int, model: str, noise: float, kernel_type:
     return np.asarray(kernels.random_gaussian_kernel(key, sf, noise), np.float32)
 
 
+def _read_hr(path: Path, sf: int) -> np.ndarray:
+    """The HR image, cropped to a multiple of sf; DataError if unreadable or smaller than sf."""
+    hr = modcrop(read_image(path), sf)
+    if hr.size == 0:
+        raise DataError(f"{path}: image smaller than the scale factor {sf}")
+    return hr
+
+
 def prepare_dataset(root: str | Path, sf: int, seed: int = 0, noise_ker: float = 0.0, model: str = "DIPFKP",
                     overwrite: bool = False, progress: bool = True, kernel_type: str = "gaussian") -> list[Path]:
     """Write the LR images and GT kernels of root/HR for scale `sf`; returns the LR paths written.
 
     Raises DataError (one-line message) for an unsupported model / scale / kernel type, kernel noise with
     motion kernels, a missing or empty HR folder, clashing image names, or existing outputs when
-    `overwrite` is False (checked before writing anything).
+    `overwrite` is False, an unreadable image (all checked before writing anything).
     """
     if model not in SCALES:
         raise DataError(f"unsupported model {model!r} (choose {', '.join(SCALES)})")
@@ -93,12 +101,12 @@ def prepare_dataset(root: str | Path, sf: int, seed: int = 0, noise_ker: float =
     existing = [p for pair in targets for p in pair if p.exists()]
     if existing and not overwrite:
         raise DataError(f"{len(existing)} output file(s) exist, first {existing[0]} (use --overwrite to replace)")
+    for path in images:  # every image read once before anything is written: no partial data set
+        _read_hr(path, sf)
     base = jax.random.key(seed)
     for index, (path, (lr_path, kernel_path)) in enumerate(
             tqdm(list(zip(images, targets)), desc=f"x{sf} {model} {kernel_type}", unit="img", disable=not progress)):
-        hr = modcrop(read_image(path), sf)
-        if hr.size == 0:
-            raise DataError(f"{path}: image smaller than the scale factor {sf}")
+        hr = _read_hr(path, sf)
         kernel = _draw_kernel(jax.random.fold_in(base, index), sf, model, noise_ker, kernel_type)
         write_kernel_mat(kernel_path, kernel.astype(np.float64))
         write_image_u8(lr_path, quantize_floor(degrade_exact(hr, kernel, sf)))

@@ -1,6 +1,6 @@
 """Train the FKP flow prior from scratch as the original ``FKP/main.py`` does (spec section 5).
 
-    python -m experiments.train_fkp --sf 2 [--steps N] [--epochs 100] [--seed 0] [--out weights/fkp_x2]
+    python -m experiments.train_fkp --sf 2 [--steps N] [--epochs 100] [--seed 0] [--out weights/fkp_x2 --overwrite]
     python -m experiments.train_fkp --evaluate PATH_OR_PT [--sf S]   # validation NLL of any prior
 
 Training: a fresh random kernel per sample, generated in JAX inside the jitted step (vmap of
@@ -17,7 +17,9 @@ draw (fixed key) instead of a fresh draw per load, so epochs and priors are comp
 Outputs under --out: the best-by-validation variables as an orbax checkpoint (``load_prior(out)``
 reads it; its metadata holds the flow and training configs and the best epoch), re-saved atomically
 whenever the validation NLL improves, and ``train_log.csv`` (epoch, step, lr, train NLL, val NLL,
-wall seconds), rewritten atomically after every epoch.
+wall seconds), rewritten atomically after every epoch. An --out that holds anything else is refused, and one
+that holds an earlier checkpoint (the default, our shipped weights/fkp_x{sf}, does) is replaced only with
+--overwrite.
 """
 
 from __future__ import annotations
@@ -129,6 +131,9 @@ def make_train_chunk(cfg: TrainConfig, flow_cfg: FlowConfig, tx):
     return chunk
 
 
+LOG_NAME = "train_log.csv"
+
+
 def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
     """Run training; write the best checkpoint + train_log.csv to ``out``; return a summary dict."""
     from tqdm import tqdm
@@ -170,19 +175,29 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
                     "train_config": {**dataclasses.asdict(cfg), "lr_milestones": list(cfg.lr_milestones)},
                     "best": best, "jax_version": jax.__version__}
             checkpoint.save(out, prior.variables, meta, overwrite=True)
-        write_csv(out / "train_log.csv", rows)
+        write_csv(out / LOG_NAME, rows)
     bar.close()
     return {"steps": step, "wall_s": round(time.time() - t0, 1), "best": best, "history": rows}
 
 
-def evaluate(src: str, sf: int | None = None, val_size: int | None = None) -> tuple[int, float]:
-    """Validation NLL of a prior: an official .pt (via fkp_jax.convert), a checkpoint dir, or an sf."""
-    if str(src).endswith((".pt", ".pth")):
-        from fkp_jax.convert import prior_from_torch
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that holds anything but an earlier run's checkpoint and log, or that checkpoint without
+    ``overwrite`` (the default --out is our shipped weights/fkp_x{sf}); one-line ValueError."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in checkpoint.ENTRIES | {LOG_NAME})
+    if foreign or not checkpoint.is_checkpoint(out):
+        raise ValueError(f"--out {out} is a folder with other contents ({', '.join(foreign[:3]) or 'no checkpoint'}); "
+                         "choose a new or empty folder")
+    if not overwrite:
+        raise ValueError(f"--out {out} already holds an FKP checkpoint; pass --overwrite to replace it")
 
-        prior = prior_from_torch(src)
-    else:
-        prior = load_prior(int(src) if str(src).isdigit() else src)
+
+def evaluate(src: str, sf: int | None = None, val_size: int | None = None) -> tuple[int, float]:
+    """Validation NLL of a prior: an official .pt, a checkpoint dir, or an sf (`fkp_jax.flow.load_prior`)."""
+    prior = load_prior(int(src) if str(src).isdigit() else src)
     if sf is not None and sf != prior.config.sf:
         raise ValueError(f"{src} is an x{prior.config.sf} prior, not x{sf}")
     return prior.config.sf, float(validation_nll(prior, validation_set(prior.config, val_size)))
@@ -203,6 +218,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="output directory (default weights/fkp_x{sf})")
     p.add_argument("--evaluate", metavar="PATH_OR_PT", default=None,
                    help="only print the validation NLL of this prior (.pt, checkpoint dir or sf)")
+    p.add_argument("--overwrite", action="store_true", help="replace the checkpoint already at --out")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -220,6 +236,7 @@ def main(argv=None) -> int:
         cfg = TrainConfig(sf=a.sf, epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, seed=a.seed,
                           steps=a.steps, chunk=a.chunk, val_size=a.val_size)
         out = a.out or Path(__file__).resolve().parents[1] / "weights" / f"fkp_x{a.sf}"
+        check_out(out, a.overwrite)
         res = train(cfg, out, progress=not a.no_progress)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

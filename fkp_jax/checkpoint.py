@@ -54,6 +54,15 @@ def save(path, params, config_dict: dict, overwrite: bool = False) -> Path:
     return path
 
 
+ENTRIES = frozenset({"variables", "meta", "_CHECKPOINT_METADATA", "commit_success.txt"})  # what save writes
+
+
+def is_checkpoint(path) -> bool:
+    """Whether ``path`` is a directory written by :func:`save` (its ``variables`` and ``meta`` items)."""
+    path = Path(path)
+    return (path / "variables").is_dir() and (path / "meta").is_dir()
+
+
 def restore(path) -> tuple[dict, dict]:
     """Read a directory written by :func:`save` -> (params as NumPy arrays, config_dict)."""
     path = Path(path).absolute()

@@ -106,6 +106,8 @@ class Method:
     batches_images: bool = False  # its study solver takes one LR image per batch row (images of one size batched)
     pad_gt_kernel: bool = False  # smaller ground-truth kernels are zero-padded to kernel_size (read_gt_kernel)
     prior_titles: tuple[tuple[str, str], ...] = ()  # (prior, title) where a prior makes another named method
+    gt_kernel_option: Callable[[argparse.Namespace], str | None] | None = None  # the option (if any) that needs
+    # every image's ground-truth kernel besides --kernel gt, e.g. Diff-DKP's --released-quirks
 
     def title_for(self, prior: str) -> str:
         named = dict(self.prior_titles)
@@ -133,8 +135,9 @@ def parse_args(method: Method, argv) -> argparse.Namespace:
                    help="independent restarts (the papers report means of 5); mean and std per image")
     p.add_argument("--seed", type=int, default=0, help="base random seed (restart i uses fold_in(seed, i))")
     p.add_argument("--kernel-prior", default=method.priors[0], choices=method.priors, help=method.prior_help)
-    p.add_argument("--weights", help=method.weights_help or "FKP prior checkpoint (orbax folder, e.g. converted "
-                                                            "official weights); default: our shipped weights")
+    p.add_argument("--weights", help=method.weights_help or "FKP prior: an orbax checkpoint folder (ours, or converted"
+                                                            " official weights) or the official FKP_x*.pt; default: "
+                                                            "our shipped weights")
     p.add_argument("--kernel", choices=("estimate", "gt"), default="estimate",
                    help="gt: oracle mode, skip estimation and use the ground-truth kernel (checks the "
                         "non-blind step alone)")
@@ -148,6 +151,12 @@ def parse_args(method: Method, argv) -> argparse.Namespace:
     if args.iters is None:
         args.iters = method.default_iters(args) if args.sf in method.scales else 1
     return args
+
+
+def uses_weights(method: Method, prior: str) -> bool:
+    """Whether --weights reaches a run: the method's own network takes them (a method with `weights_help`), or
+    they are the FKP prior's checkpoint, which only --kernel-prior fkp loads."""
+    return bool(method.weights_help) or prior == "fkp"
 
 
 def find_jobs(method: Method, args) -> list[Job]:
@@ -187,6 +196,25 @@ def check_outputs(jobs: list[Job], out_dir: Path) -> None:
         raise ValueError(f"refusing to overwrite an input file: {clash[0]}; choose another --out")
     if out_dir.resolve() in {p.parent for p in inputs}:
         raise ValueError(f"refusing to write results into an input folder ({out_dir}); choose another --out")
+
+
+def check_gt_kernels(method: Method, jobs: list[Job], args) -> None:
+    """One-line ValueError unless every image has a readable ground-truth kernel when the run needs them
+    (--kernel gt, or `Method.gt_kernel_option`); checked before any output is made."""
+    option = "--kernel gt" if args.kernel == "gt" else (method.gt_kernel_option and method.gt_kernel_option(args))
+    if not option:
+        return
+    if args.real:
+        raise ValueError(f"{option} needs ground-truth kernels; it cannot be combined with --real")
+    if args.input is not None:
+        raise ValueError(f"{option} needs ground-truth kernels, which --input does not give: use --dataset DIR "
+                         f"(kernels in DIR/{method.model}_gt_k_x{args.sf}/)")
+    for job in jobs:
+        if job.gt_kernel is None:
+            folder = job.lr.parent.name.replace("_lr_", "_gt_k_")
+            raise ValueError(f"{job.name}: {option} needs its ground-truth kernel, {folder}/{job.name}.mat beside "
+                             f"{job.lr.parent.name}/ (missing)")
+        read_gt_kernel(job, None)
 
 
 def read_lr(method: Method, job: Job, args, notes: bool = True) -> np.ndarray:
@@ -300,10 +328,7 @@ def run_job(method: Method, job: Job, args, solve: Solver | None, nonblind, out_
     k = method.kernel_size(args.sf)
     lr = read_lr(method, job, args)
     gt = read_gt_kernel(job, None if solve is None else k, method.pad_gt_kernel)
-    if solve is None:  # --kernel gt
-        if gt is None:
-            raise ValueError(f"{job.name}: --kernel gt needs a ground-truth kernel (a {method.model}_gt_k_x{args.sf}/"
-                             f"{job.name}.mat beside the LR folder)")
+    if solve is None:  # --kernel gt (`check_gt_kernels` made sure of gt)
         est = Estimate(np.repeat(gt[None].astype(np.float32), args.seeds, 0), None, 0.0)
     else:
         bar = tqdm(total=args.iters, desc=f"{job.name} x{args.sf}", unit="it", leave=True, dynamic_ncols=True)
@@ -354,13 +379,14 @@ def main(method: Method, argv=None) -> int:
             raise ValueError("--iters and --seeds must be positive")
         if args.sr_weights is not None and not args.sr_weights.exists():
             raise FileNotFoundError(f"no such USRNet weights file: {args.sr_weights}")
-        if args.kernel == "gt" and args.real:
-            raise ValueError("--kernel gt needs ground-truth kernels; it cannot be combined with --real")
+        if args.weights is not None and not uses_weights(method, args.kernel_prior):
+            raise ValueError(f"--weights is an FKP prior checkpoint; --kernel-prior {args.kernel_prior} loads none")
         jobs = find_jobs(method, args)
         out_dir = Path(f"results/{method.name}_x{args.sf}") if args.out is None else args.out
         check_outputs(jobs, out_dir)
         for job in jobs:  # every image checked before any output is made
             read_lr(method, job, args, notes=False)
+        check_gt_kernels(method, jobs, args)
 
         from fkp_jax import io, report, runtime
 

@@ -320,8 +320,10 @@ def weights_dir() -> Path:
 
 
 def load_prior(sf_or_path: int | str | os.PathLike) -> FlowPrior:
-    """Load a prior: an int sf -> our shipped weights_dir()/fkp_x{sf}; a path -> an orbax
-    checkpoint written by fkp_jax.checkpoint (e.g. by ``python -m fkp_jax.convert``)."""
+    """Load a prior: an int sf -> our shipped weights_dir()/fkp_x{sf}; a path -> an orbax checkpoint written
+    by fkp_jax.checkpoint (``python -m fkp_jax.convert``, ``experiments.train_fkp``) or an official
+    ``FKP_x{2,3,4}.pt`` (read by ``fkp_jax.convert.prior_from_torch``, no pickle code run). One-line
+    FileNotFoundError / ValueError for a missing path or a checkpoint of another model."""
     from fkp_jax import checkpoint
 
     if isinstance(sf_or_path, (int, np.integer)) and not isinstance(sf_or_path, bool):
@@ -330,8 +332,14 @@ def load_prior(sf_or_path: int | str | os.PathLike) -> FlowPrior:
         path = weights_dir() / f"fkp_x{sf_or_path}"
     else:
         path = Path(sf_or_path)
+    if path.is_file() and path.suffix in (".pt", ".pth"):
+        from fkp_jax.convert import prior_from_torch
+
+        return prior_from_torch(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"no FKP checkpoint directory at {path}")
+        raise FileNotFoundError(f"no FKP checkpoint directory (or official .pt) at {path}")
     variables, meta = checkpoint.restore(path)
+    if meta.get("model") != "fkp_flow" or "flow_config" not in meta:
+        raise ValueError(f"{path}: checkpoint of model {meta.get('model')!r}, not an FKP prior ('fkp_flow')")
     return FlowPrior.from_variables(jax.tree.map(jnp.asarray, variables),
                                     FlowConfig.from_dict(meta["flow_config"]))

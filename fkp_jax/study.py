@@ -158,7 +158,8 @@ def make_runs(opts: argparse.Namespace) -> list[Run]:
             argv += [] if opts.iters is None else ["--iters", str(opts.iters)]
             argv += [] if opts.dataset is None else ["--dataset", str(opts.dataset)]
             argv += ["--real"] if opts.real else []
-            argv += [] if opts.weights is None else ["--weights", str(opts.weights)]
+            if opts.weights is not None and cli.uses_weights(method, prior):  # FKP weights: only where loaded
+                argv += ["--weights", str(opts.weights)]
             argv += [] if opts.sr_weights is None else ["--SR", str(opts.sr_weights)]
             run = Run(method, prior, sf, method_args(method, argv + opts.method_options), opts.record_every)
             runs.setdefault(run.key, run)

@@ -82,3 +82,13 @@ def test_tiny_without_reference(dataset, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(diffdkp, "TINY_DIR", tmp_path / "absent")
     out = tmp_path / "out"
     one_line_error(capsys, ["--sf", "4", "--tiny", "--dataset", str(dataset), "--out", str(out)], out, "--tiny needs")
+
+
+def test_released_quirks_need_kernels_before_anything_runs(big, dataset, tmp_path, capsys):
+    """--released-quirks reads every image's ground-truth kernel: refused up front (no networks loaded, no
+    output folder) for --input and --real."""
+    out = tmp_path / "out"
+    one_line_error(capsys, ["--sf", "4", "--tiny", "--released-quirks", "--input", str(big), "--out", str(out)],
+                   out, "--released-quirks needs ground-truth kernels, which --input does not give")
+    one_line_error(capsys, ["--sf", "4", "--tiny", "--released-quirks", "--real", "--dataset", str(dataset),
+                            "--out", str(out)], out, "cannot be combined with --real")

@@ -58,7 +58,8 @@ def test_bundled_sets_follow_the_kernel_type():
 def test_bad_options_give_one_line_errors(motion_set, tmp_path, capsys):
     out = ["--out", str(tmp_path / "o"), "--iters", "1", "--dataset", str(motion_set)]
     for argv, needle in [(["--sf", "2", "--kernel-prior", "fkp", "--langevin"], "--langevin"),
-                         (["--sf", "5"], "--sf 5"), (["--sf", "3"], "DIPDKP_lr_x3")]:
+                         (["--sf", "5"], "--sf 5"), (["--sf", "3"], "DIPDKP_lr_x3"),
+                         (["--sf", "2", "--weights", "2"], "--kernel-prior dkp loads none")]:
         assert cli.main(argv + out) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error:") and needle in err, err

@@ -202,10 +202,15 @@ def test_init_params(sf):
 
 
 def test_load_prior_errors(tmp_path, monkeypatch):
+    from fkp_jax import checkpoint
+
     with pytest.raises(ValueError, match="unsupported scale"):
         load_prior(5)
     with pytest.raises(FileNotFoundError, match="no FKP checkpoint"):
         load_prior(tmp_path / "nope")
+    checkpoint.save(tmp_path / "other", {"w": np.zeros(3, np.float32)}, {"model": "usrnet_tiny"})
+    with pytest.raises(ValueError, match="model 'usrnet_tiny', not an FKP prior"):
+        load_prior(tmp_path / "other")
     monkeypatch.setenv("FKP_JAX_WEIGHTS", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         load_prior(2)

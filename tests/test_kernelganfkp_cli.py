@@ -9,6 +9,7 @@ import pytest
 
 from experiments import kernelganfkp as cli
 from experiments.prepare_dataset import prepare_dataset
+from fkp_jax import checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,13 @@ def test_bad_inputs_give_one_line_errors(dataset, ref, tmp_path, capsys):
     _fails(["--sf", "3", "--dataset", str(dataset)] + out, capsys, "--sf 3")
     small = tmp_path / "small.png"
     cv2.imwrite(str(small), np.full((70, 70, 3), 128, np.uint8))
-    _fails(["--input", str(small)] + out, capsys, "too small")  # 70 - 2 * 10 < 64
+    _fails(["--input", str(small)] + out, capsys, "64 with --real")  # 70 - 2 * 10 < 64
+    _fails(["--input", str(small), "--kernel", "gt", "--SR", str(ref / "weights" / "usrnet_tiny.pth")] + out,
+           capsys, "which --input does not give")
+    _fails(["--dataset", str(dataset), "--kernel-prior", "linear", "--weights", "2"] + out, capsys, "loads none")
+    other = tmp_path / "other_model"
+    checkpoint.save(other, {"w": np.zeros(2, np.float32)}, {"model": "usrnet_tiny"})
+    _fails(["--dataset", str(dataset), "--weights", str(other)] + out, capsys, "not an FKP prior")
     _fails(["--dataset", str(dataset), "--SR", str(tmp_path / "missing.pth")] + out, capsys, "missing.pth")
     notes = tmp_path / "notes.pth"
     notes.write_text("not a checkpoint")

@@ -125,6 +125,13 @@ def test_existing_outputs_are_not_overwritten(dataset, capsys):
     assert (lr.read_bytes(), lr.stat().st_mtime_ns) == before
 
 
+def test_an_unreadable_image_stops_the_run_before_anything_is_written(dataset, capsys):
+    (dataset / "HR" / "c.png").write_text("not an image")  # sorted last: a, b are fine
+    code, out, err = _run(capsys, "--sf", "2", "--dataset", str(dataset))
+    assert code == 2 and err.count("\n") == 1 and "c.png" in err
+    assert _files(dataset) == ["HR/a.png", "HR/b.png", "HR/c.png"]
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--sf", "2", "--dataset", "{root}/nowhere"], "nowhere/HR: no such folder"),
     (["--sf", "2", "--dataset", "{root}"], "HR: no images"),

@@ -28,6 +28,33 @@ def test_short_run_learns_and_saves(tmp_path, capsys):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
+def test_out_keeps_what_the_user_had(tmp_path, capsys):
+    """--out never deletes a folder of other files, nor a file; an earlier checkpoint (the default --out is our
+    shipped weights) is replaced only with --overwrite. All refused before training starts."""
+    from fkp_jax import checkpoint
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep")
+    ckpt = tmp_path / "ckpt"
+    checkpoint.save(ckpt, {"w": np.zeros(2, np.float32)}, {"model": "fkp_flow"})
+    base = ["--sf", "2", "--steps", "1", "--steps-per-epoch", "1", "--val-size", "10", "--no-progress", "--out"]
+    for out, match in [(mine, "other contents (notes.txt)"), (a_file, "not a folder"), (ckpt, "--overwrite")]:
+        assert main(base + [str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and match in err, err
+    assert (mine / "notes.txt").read_text() == "keep" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert a_file.read_text() == "keep"
+    assert checkpoint.restore(ckpt)[1] == {"model": "fkp_flow"}
+
+
+def test_evaluate_reads_the_official_file(ref, capsys):
+    assert main(["--evaluate", str(ref / "weights" / "FKP_x2.pt"), "--val-size", "20"]) == 0
+    assert capsys.readouterr().out.startswith("x2 validation NLL")
+
+
 @pytest.mark.parametrize("sf, n", [(2, 4624), (3, 10000), (4, 17424)])
 def test_validation_grid_sizes(sf, n):
     grid = validation_params(sf)
