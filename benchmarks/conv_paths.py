@@ -13,9 +13,15 @@ Paths:
 - "xla triple, YNN dot only": the three maps (forward, input gradient as a padded convolution with the flipped
   taps, weight gradient) as custom-VJP functions of each other, so that the second derivative is again these
   maps (the structure of `fkp_jax.winograd.conv3x3_valid`), compiled as the previous row;
+- "xla triple, padded": the same triple with default options, its forward map given one zero row of padding
+  (the extra output row sliced off), which keeps it on Eigen instead of YNNPACK; the input gradient is padded
+  anyway; the weight gradient is the Winograd one (XLA's is 2-4x slower);
 - "winograd": `fkp_jax.winograd.conv3x3_valid` and its two adjoint maps (the library's CPU default for the
   discriminator), default options.
-A benchmark only: the library does not use the XLA triple (docs/benchmarks.md says why).
+``--products``: a second table, the batched matrix product of the Winograd weight gradient (a^2 products
+(tiles x C)^T (tiles x D), contracting the tiles axis of both operands) against the same FLOPs with the
+operands as the forward map has them, a pre-transposed operand, and the transpose itself.
+A benchmark only: the library uses neither triple (docs/benchmarks.md says why).
 """
 
 from __future__ import annotations
@@ -34,30 +40,51 @@ def xla_valid(x, w):
                                     precision=lax.Precision.HIGHEST)
 
 
-def xla_triple():
-    """(fwd, input_grad, weight_grad): VALID 3x3 correlation maps over ``lax.conv_general_dilated`` whose
-    VJPs are made of each other (fwd <- (input_grad, weight_grad), and so on)."""
-    import jax
+def xla_padded_valid(x, w):
+    """`xla_valid` computed with one zero row padded below and the extra output row dropped: the same numbers
+    (bit for bit), but XLA:CPU (jax 0.10.2) runs a padded convolution on Eigen, an unpadded one on YNNPACK."""
+    from jax import lax
+
+    y = lax.conv_general_dilated(x, w, (1, 1), [(0, 1), (0, 0)], dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                 precision=lax.Precision.HIGHEST)
+    return y[:, :-1]
+
+
+def xla_input_grad(dy, w):
+    """The adjoint of `xla_valid` in its input: a fully padded convolution with the flipped, transposed taps."""
     import jax.numpy as jnp
     from jax import lax
 
-    p = lax.Precision.HIGHEST
-    nhwc = ("NHWC", "HWIO", "NHWC")
+    k = w.shape[0]
+    return lax.conv_general_dilated(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3), (1, 1), [(k - 1, k - 1)] * 2,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
+
+
+def xla_weight_grad(x, dy):
+    """The adjoint of `xla_valid` in its taps, as one convolution (batch as the contracted feature axis)."""
+    from jax import lax
+
+    return lax.conv_general_dilated(x, dy, (1, 1), "VALID", dimension_numbers=("CHWN", "IHWO", "HWNC"),
+                                    precision=lax.Precision.HIGHEST)
+
+
+def xla_triple(fwd_map=xla_valid, input_map=xla_input_grad, weight_map=xla_weight_grad):
+    """(fwd, input_grad, weight_grad): the three VALID 3x3 correlation maps (default: ``lax.conv_general_dilated``
+    each) as custom-VJP functions whose VJPs are made of each other (fwd <- (input_grad, weight_grad), and so
+    on), so that every derivative is again one of these maps."""
+    import jax
 
     @jax.custom_vjp
     def fwd(x, w):
-        return xla_valid(x, w)
+        return fwd_map(x, w)
 
     @jax.custom_vjp
     def input_grad(dy, w):
-        k = w.shape[0]
-        taps = jnp.flip(w, (0, 1)).swapaxes(2, 3)
-        return lax.conv_general_dilated(dy, taps, (1, 1), [(k - 1, k - 1)] * 2, dimension_numbers=nhwc, precision=p)
+        return input_map(dy, w)
 
     @jax.custom_vjp
     def weight_grad(x, dy):
-        return lax.conv_general_dilated(x, dy, (1, 1), "VALID", dimension_numbers=("CHWN", "IHWO", "HWNC"),
-                                        precision=p)
+        return weight_map(x, dy)
 
     fwd.defvjp(lambda x, w: (fwd(x, w), (x, w)), lambda r, g: (input_grad(g, r[1]), weight_grad(r[0], g)))
     input_grad.defvjp(lambda dy, w: (input_grad(dy, w), (dy, w)), lambda r, g: (fwd(g, r[1]), weight_grad(g, r[0])))
@@ -95,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=25, help="input side (output side - 2)")
     ap.add_argument("--channels", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--products", action="store_true", help="also time the weight gradient's matrix products")
     args = ap.parse_args(argv)
 
     from fkp_jax import runtime
@@ -114,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
 
     ad_fwd, ad_in, ad_w = autodiff_maps(xla_valid)
     tr_fwd, tr_in, tr_w = xla_triple()
+    pd_fwd, pd_in, pd_w = xla_triple(xla_padded_valid, xla_input_grad, winograd.conv3x3_valid_w)
     paths = {
         "xla (defaults)": (ad_fwd, lambda g, k: ad_in(g, k, x.shape), lambda a, g: ad_w(a, g, w), None),
         "xla, YNN dot only": (ad_fwd, lambda g, k: ad_in(g, k, x.shape), lambda a, g: ad_w(a, g, w), YNN_DOT_ONLY),
         "xla triple, YNN dot only": (tr_fwd, tr_in, tr_w, YNN_DOT_ONLY),
+        "xla triple, padded (Eigen), winograd weight gradient": (pd_fwd, pd_in, pd_w, None),
         "winograd (library default)": (winograd.conv3x3_valid, lambda g, k: winograd.conv3x3_valid_t(g, k, x.shape),
                                        winograd.conv3x3_valid_w, None),
     }
@@ -135,7 +165,40 @@ def main(argv: list[str] | None = None) -> int:
     print("| path | forward | input gradient | weight gradient | second derivative |")
     print("| --- | ---: | ---: | ---: | ---: |")
     print("\n".join(rows))
+    if args.products:
+        print("\n" + products_table(n, s, c, args.repeats))
     return 0
+
+
+def products_table(n: int, s: int, c: int, repeats: int) -> str:
+    """Markdown table: the a^2 matrix products of the F(4x4, 3x3) weight gradient (`winograd.conv3x3_valid_w`)
+    of a body convolution in the operand layout the library has, the same FLOPs in the forward map's layout,
+    a pre-transposed operand, and that transpose."""
+    import jax
+    import jax.numpy as jnp
+
+    from fkp_jax import runtime
+
+    hi = jax.lax.Precision.HIGHEST
+    tiles = n * (-(-(s - 2) // 4)) ** 2
+    k = jax.random.split(jax.random.key(1), 3)
+    v = jax.random.normal(k[0], (36, tiles, c))
+    dm = jax.random.normal(k[1], (36, tiles, c))
+    u = jax.random.normal(k[2], (36, c, c))
+    vt = jax.block_until_ready(jnp.swapaxes(v, 1, 2) + 0)  # materialised outside the timed function
+    def product(spec):
+        return lambda a, b: jnp.einsum(spec, a, b, precision=hi)
+
+    cases = [("weight gradient as the library has it: ktc,ktd->kcd", product("ktc,ktd->kcd"), (v, dm)),
+             ("same FLOPs in the forward map's layout: ktc,kcd->ktd", product("ktc,kcd->ktd"), (v, u)),
+             ("first operand pre-transposed: kct,ktd->kcd", product("kct,ktd->kcd"), (vt, dm)),
+             ("the transpose ktc -> kct alone", lambda a: jnp.swapaxes(a, 1, 2), (v,))]
+    lines = [f"Weight-gradient products, 36 x ({tiles} tiles x {c}) x {c}, {2 * 36 * tiles * c * c / 1e6:.0f} MFLOP "
+             f"each, ms (median of {repeats}), {runtime.cpu_name()}", "", "| product | ms |", "| --- | ---: |"]
+    for name, fn, operands in cases:
+        lines.append(f"| {name} | {time_ms(fn, operands, repeats):.2f} |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -74,11 +74,13 @@ def cpu_model() -> str:
 
 
 def cpu_name() -> str:
-    """The CPU model name, its ISA kind and the visible core count, for benchmark tables."""
+    """The CPU model name, its ISA kind and the core count this process may use (its affinity: ``taskset -c 0``
+    gives 1), for benchmark tables."""
     import os
 
     isa = "AVX-512" if has_avx512() else ("AVX2, no AVX-512" if "avx2" in cpu_flags() else "no AVX2")
-    return f"{cpu_model()} ({isa}), {os.cpu_count()} cores visible"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu_model()} ({isa}), {cores} core{'s' if cores != 1 else ''} visible"
 
 
 def configure() -> bool:

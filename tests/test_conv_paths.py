@@ -1,15 +1,26 @@
-"""benchmarks.conv_paths: the XLA triple it times computes the convolution and its derivatives of two orders."""
+"""benchmarks.conv_paths: the triples it times compute the convolution and its derivatives of two orders."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from benchmarks import conv_paths
+
+from fkp_jax import winograd
 
 _plain = conv_paths.xla_valid  # JAX's autodiff of it is the reference
 
 
-def test_xla_triple_matches_autodiff_to_second_order():
-    fwd, input_grad, weight_grad = conv_paths.xla_triple()
+def test_padded_forward_is_the_valid_convolution():
+    k = jax.random.split(jax.random.key(1), 2)
+    x, w = jax.random.normal(k[0], (2, 9, 8, 3)), jax.random.normal(k[1], (3, 3, 3, 4))
+    np.testing.assert_array_equal(jax.jit(conv_paths.xla_padded_valid)(x, w), jax.jit(_plain)(x, w))
+
+
+@pytest.mark.parametrize("maps", [(), (conv_paths.xla_padded_valid, conv_paths.xla_input_grad,
+                                       winograd.conv3x3_valid_w)], ids=["xla", "padded-winograd"])
+def test_xla_triple_matches_autodiff_to_second_order(maps):
+    fwd, input_grad, weight_grad = conv_paths.xla_triple(*maps)
     k = jax.random.split(jax.random.key(0), 4)
     x = jax.random.normal(k[0], (2, 9, 8, 3))
     w = jax.random.normal(k[1], (3, 3, 3, 4))
