@@ -1,6 +1,6 @@
 """KernelGAN-FKP (and the original KernelGAN) blind kernel estimation from the command line (FKP_SPEC 7).
 
-    python -m experiments.kernelganfkp --sf 2                          # the bundled default images
+    python -m experiments.kernelganfkp --sf 2                          # the bundled default image
     python -m experiments.kernelganfkp --sf 4 --dataset DIR --SR usrnet_tiny.pth
     python -m experiments.kernelganfkp --sf 2 --kernel-prior linear    # the original KernelGAN (spec 7.6)
     python -m experiments.kernelganfkp --sf 4 --dataset DIR --kernel gt --SR usrnet_tiny.pth   # oracle kernel
@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_DATASET = Path(__file__).resolve().parent / "data" / "kernelgan"
+DEFAULT_DATASET = Path(__file__).resolve().parent / "data" / "kernelgan_one"  # one image: the default run's time
+# is 1000 iterations per image (data/kernelgan_one/README.md); data/kernelgan has the comparison's two images
 
 
 def check_lr(name: str, lr, args) -> None:
