@@ -289,3 +289,12 @@ def test_dip_images_batched_one_lr_per_row(dataset):
     np.testing.assert_allclose(k_ba[::-1], k_ab, rtol=0, atol=1e-8)
     assert abs(loss_ab[0] - loss_ab[1]) > 1e-4  # same seed, so the rows differ only by their image
     assert not np.allclose(k_ab[0], k_ab[1], rtol=0, atol=1e-6)
+
+
+def test_weights_reach_only_the_runs_that_load_them(dataset):
+    """--weights is the FKP prior's checkpoint: a study passes it to fkp runs (and to methods with networks of
+    their own), not to priors that load none, which would refuse it (fkp_jax.cli.uses_weights)."""
+    opts = study.parse_args(["--method", "dipfkp", "dipdkp", "dipfkp:mlp", "--sf", "2", "--dataset", str(dataset),
+                             "--weights", "2"])
+    weights = {(run.method.name, run.prior): run.args.weights for run in study.make_runs(opts)}
+    assert weights == {("dipfkp", "fkp"): "2", ("dipdkp", "dkp"): None, ("dipfkp", "mlp"): None}
