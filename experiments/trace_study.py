@@ -349,6 +349,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     seeds = DEFAULTS[args.prior]["seeds"] if args.seeds is None else args.seeds
     iters = DEFAULTS[args.prior]["iters"] if args.iters is None else args.iters
+    if seeds < 1 or iters < (3 if args.prior == "fkp" else 1):
+        print(f"error: --seeds must be positive and --iters at least {3 if args.prior == 'fkp' else 1}"
+              f"{' (the first latent change is found from iteration 3 on)' if args.prior == 'fkp' else ''}",
+              file=sys.stderr)
+        return 2
     folder = REF / ("golden" if args.prior == "fkp" else "golden_dkp")
     if not folder.is_dir():
         print(f"error: reference material not found at {folder}", file=sys.stderr)

@@ -62,3 +62,12 @@ def test_dkp_markdown_and_plot(trace):
     assert "| **original** (PyTorch, CPU, 1 thread) | recorded | 39.12 | 38.75 |" in text and "27.03 | 0.8302 |" in text
     assert "![kernel PSNR against DIP step](img/x.png)" in text
     assert dkp_plot_png(res, 500)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv", [["--iters", "2"], ["--seeds", "0"]])
+def test_too_few_iterations_or_seeds_give_one_line(argv, capsys):
+    from experiments.trace_study import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --seeds must be positive")
