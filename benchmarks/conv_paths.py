@@ -186,6 +186,7 @@ def products_table(n: int, s: int, c: int, repeats: int) -> str:
     dm = jax.random.normal(k[1], (36, tiles, c))
     u = jax.random.normal(k[2], (36, c, c))
     vt = jax.block_until_ready(jnp.swapaxes(v, 1, 2) + 0)  # materialised outside the timed function
+
     def product(spec):
         return lambda a, b: jnp.einsum(spec, a, b, precision=hi)
 
