@@ -39,7 +39,7 @@ def test_valid_conv_and_its_derivatives_of_three_orders_match_xla():
 
 def test_valid_conv_forward_rounds_like_the_direct_sums():
     """The forward map is F(2x2, 3x3), whose float32 rounding is that of the direct sums (F(4x4, 3x3) rounds
-    7 times more, which KernelGAN's batch norms amplify: `winograd.FORWARD_M`). Max error against float64 in
+    7 times more, enough to flip a LeakyReLU decision of KernelGAN's golden batch: `winograd.FORWARD_M`). Max error against float64 in
     units of the output's std, 4 x 25 x 25 x 32 -> 32 normal inputs; measured (AMD EPYC Zen 4): 8.6e-7
     (F(4x4, 3x3) 6.3e-6, XLA's conv 1.6e-6)."""
     rs = np.random.RandomState(0)
