@@ -17,7 +17,8 @@ sf x LR must be at least that large on both sides (the original refuses smaller 
 19 x 19 at every scale, as G_k produces it (convolution kernel with the centre of mass at (19 - sf)/2, the
 family of the data sets' ground-truth kernels, which are zero-padded to 19 x 19 for the kernel PSNR).
 ``--released-quirks`` selects the released code's behaviour (`fkp_jax.diffdkp` docstring: no in-loop kernel
-gradients, a warm-up towards the GROUND-TRUTH kernel, hence it needs one, value ranges, ...). Restart i uses
+gradients, a warm-up towards the GROUND-TRUTH kernel, hence it needs one, value ranges, ...); ``--quirks 1,4``
+keeps only the listed ones (``--quirks none``: none, the default), to measure each fix alone. Restart i uses
 ``fold_in(key(--seed), i)``. Outputs and metrics.json schema as `experiments.dipfkp` (`fkp_jax.cli`).
 """
 
@@ -67,12 +68,37 @@ def add_arguments(p):
     p.add_argument("--released-quirks", action="store_true",
                    help="the released code's behaviour (frozen kernel after a warm-up towards the GROUND-TRUTH "
                         "kernel, [0, 1] / magnitude value ranges, ...; needs ground-truth kernels)")
+    p.add_argument("--quirks", type=parse_quirks, metavar="LIST",
+                   help="keep only these of the released quirks (comma-separated numbers 1-5 of fkp_jax/diffdkp.py's "
+                        "docstring, or 'none'; instead of --released-quirks' all five; 2 needs ground-truth kernels)")
     p.add_argument("--half", action="store_true",
                    help="run the ADM torso in bfloat16 (accelerators; GroupNorm, softmax, embeddings and the output "
                         "stay float32; speed: docs/benchmarks.md; accuracy: tests/test_adm.py, about 4e-2 relative on the output)")
     p.add_argument("--tiny", action="store_true",
                    help="test mode: the tiny golden networks of ../shared/reference/golden_diffdkp (untrained, 64 px "
                         "windows, 10 sampler steps) run the whole pipeline; results are meaningless")
+
+
+def parse_quirks(text: str) -> tuple[int, ...]:
+    """'1,4' -> (1, 4); 'none' -> ()."""
+    import argparse
+
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        quirks = tuple(sorted({int(q) for q in text.split(",")}))
+    except ValueError:
+        quirks = ()
+    if not quirks or not set(quirks) <= set(range(1, 6)):
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated quirk numbers 1-5, or 'none'")
+    return quirks
+
+
+def kept_quirks(args) -> tuple[int, ...]:
+    """The quirks this run keeps: --quirks, else all five with --released-quirks, else none."""
+    if args.quirks is not None:
+        return args.quirks
+    return (1, 2, 3, 4, 5) if args.released_quirks else ()
 
 
 def checkpoint_paths(args) -> tuple[Path, Path]:
@@ -121,7 +147,7 @@ def load(args):
     win = clf_cfg.image_size
     config = diffdkp.DiffDKPConfig(adm_config=adm_cfg, classifier_config=clf_cfg, sf=args.sf,
                                    kernel_size=KERNEL_SIZE, shift=KERNEL_SIZE // 2, window=win, stride=win // 2,
-                                   released_quirks=args.released_quirks,
+                                   released_quirks=args.released_quirks, quirks=kept_quirks(args),
                                    adm_dtype="bfloat16" if args.half else None)
     if args.tiny:
         config = dataclasses.replace(config, respacing=TINY_STEPS, kernel_start=TINY_KERNEL_START)
@@ -138,13 +164,13 @@ def build(args):
 
     nets, config = load(args)
 
-    def solve(job, lr, gt, progress):  # (gt: there with --released-quirks, `Method.gt_kernel_option`)
+    def solve(job, lr, gt, progress):  # (gt: there with quirk 2 kept, `Method.gt_kernel_option`)
         start = time.perf_counter()
         hr_size = (lr.shape[0] * args.sf, lr.shape[1] * args.sf)
         kernels, srs = [], []
         for i in range(args.seeds):
             sr, k = diffdkp.run(nets, lr[None], jax.random.fold_in(jax.random.key(args.seed), i), config,
-                                hr_size=hr_size, k_gt=gt if config.released_quirks else None)
+                                hr_size=hr_size, k_gt=gt if config.keeps(2) else None)
             kernels.append(np.asarray(k, np.float32))
             srs.append(np.clip(np.asarray(sr[0], np.float32), 0.0, 1.0))
         kernels, srs = np.stack(kernels), np.stack(srs)
@@ -152,6 +178,13 @@ def build(args):
         return cli.Estimate(kernels, srs, time.perf_counter() - start)
 
     return solve
+
+
+def gt_kernel_option(args) -> str | None:
+    """The option that needs ground-truth kernels (quirk 2's warm-up target), if given."""
+    if 2 not in kept_quirks(args):
+        return None
+    return "--quirks" if args.quirks is not None else "--released-quirks"
 
 
 def method():
@@ -164,8 +197,8 @@ def method():
         pad_gt_kernel=True, image_model="Diff-DKP (guided-diffusion ADM)",
         prior_help="DKP's kernel MLP G_k (the only choice)",
         weights_help="not used by Diff-DKP (use --adm / --classifier)",
-        gt_kernel_option=lambda args: "--released-quirks" if args.released_quirks else None,
-        recorded_options=("adm", "classifier", "released_quirks", "half", "tiny"))
+        gt_kernel_option=gt_kernel_option,
+        recorded_options=("adm", "classifier", "released_quirks", "quirks", "half", "tiny"))
 
 
 def main(argv=None) -> int:

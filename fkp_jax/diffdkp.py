@@ -40,6 +40,9 @@ by -9). The released kernel data loss instead uses CROSS-CORRELATION with zero p
    forward model, MSE(K (*) x0_hat (circular FFT convolution), roll(y, +9)), minimised by K itself.
 5. Windows (> 256 px; ``run``). Released: x_t is not re-drawn between windows (window k starts from the final
    sample of window k-1). Default: a fresh x_T per window. G_k and its Adam state carry over in both.
+
+``DiffDKPConfig.quirks`` keeps any subset of them (``config.keeps(n)``), for measuring each fix alone
+(docs/results.md, "Diff-DKP ... each fix alone").
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from fkp_jax import kernels as kernels_lib
 
 HIGHEST = lax.Precision.HIGHEST
 KL_EPS = 1e-7
+QUIRKS = (1, 2, 3, 4, 5)  # the released code's quirks, module docstring
 
 
 # ----------------------------------------------------------------------------- config
@@ -88,16 +92,28 @@ class DiffDKPConfig:
     stride: int = 128
     window_bias: int = 10
     released_quirks: bool = False
-    kernel_grad: bool | None = None  # None: not released_quirks
+    kernel_grad: bool | None = None  # None: not keeps(1)
+    quirks: tuple[int, ...] | None = None  # the quirks (1-5, module docstring) kept; None: all if released_quirks
     adm_dtype: str | None = None  # ADM torso dtype ("bfloat16" on accelerators; adm docstring); None: float32
 
     @property
     def torso_dtype(self):
         return None if self.adm_dtype is None else jnp.dtype(self.adm_dtype)
 
+    def __post_init__(self):
+        if self.quirks is not None and not set(self.quirks) <= set(QUIRKS):
+            raise ValueError(f"Diff-DKP quirks are numbered {QUIRKS[0]}-{QUIRKS[-1]}, not {self.quirks}")
+
+    def keeps(self, quirk: int) -> bool:
+        """Whether the released behaviour of ``quirk`` (1-5, module docstring) is kept: ``quirks`` if given,
+        else ``released_quirks``; for quirk 1 ``kernel_grad`` overrides both."""
+        if quirk == 1 and self.kernel_grad is not None:
+            return not self.kernel_grad
+        return quirk in self.quirks if self.quirks is not None else self.released_quirks
+
     @property
     def grads_on(self) -> bool:
-        return (not self.released_quirks) if self.kernel_grad is None else self.kernel_grad
+        return not self.keeps(1)
 
 
 RELEASED = DiffDKPConfig(released_quirks=True)
@@ -280,9 +296,9 @@ def warmup(ks: KernelState, target, config: DiffDKPConfig = DiffDKPConfig()) -> 
 
 def warmup_target(key, config: DiffDKPConfig = DiffDKPConfig(), k_gt=None):
     """Released (quirk 2): the GT kernel (``k_gt`` required); default: ``random_prior_kernel(key)``."""
-    if config.released_quirks:
+    if config.keeps(2):
         if k_gt is None:
-            raise ValueError("released_quirks: the released warm-up targets the ground-truth kernel; pass k_gt")
+            raise ValueError("released quirk 2: the released warm-up targets the ground-truth kernel; pass k_gt")
         return jnp.asarray(k_gt, jnp.float32)
     return random_prior_kernel(key, config.sf, config.width_add_prior, config.kernel_size)
 
@@ -291,7 +307,7 @@ def kernel_step(ks: KernelState, x0_hat, y, k_random, config: DiffDKPConfig = Di
     """One data step (XK = 1) then one prior step (L = 1) on G_k, both Adam, x0_hat constant ->
     (state, aux{loss_data, loss_kl, K_at_kl}). Losses are those entering each step. Without kernel
     gradients (released, quirk 1) nothing changes (torch >= 2: Adam skips parameters whose grad is None)."""
-    released = config.released_quirks
+    released = config.keeps(4)
     data_fn = lambda v: kernel_data_loss(gk_kernel(v, config), x0_hat, y, released, config.shift)  # noqa: E731
     loss_data = data_fn(ks.kvars)
     if config.grads_on:
@@ -315,7 +331,7 @@ class SamplerState(NamedTuple):
 def observation_for_dc(y, config: DiffDKPConfig):
     """y in [0, 1] (as Diff-DKP reads it) -> the range the DC step and kernel data loss see: released as is
     (quirk 3), default 2y - 1 (the ADM's range; a unit-sum kernel commutes with it)."""
-    return y if config.released_quirks else 2.0 * y - 1.0
+    return y if config.keeps(3) else 2.0 * y - 1.0
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -333,7 +349,7 @@ def sampler_step(nets, state: SamplerState, t, y, noise, k_random, config: DiffD
     x0_pred = predict_x0(sched, x_t, model_out[..., :3], t)
     y_dc = observation_for_dc(y, config)
     k_dc = gk_kernel(ks.kvars, config)
-    x0_hat = data_consistency(x0_pred, y_dc, k_dc, config.alpha, config.shift, magnitude=config.released_quirks)
+    x0_hat = data_consistency(x0_pred, y_dc, k_dc, config.alpha, config.shift, magnitude=config.keeps(3))
 
     def update(ks):
         return kernel_step(ks, x0_hat, y_dc, k_random, config)
@@ -386,7 +402,7 @@ def sample_loop(nets, state: SamplerState, y, noise, k_random, config: DiffDKPCo
 
 def to_image(x0_hat, config: DiffDKPConfig = DiffDKPConfig()):
     """The final estimate as a [0, 1] image: released reads x0_hat as [0, 1] (quirk 3), default (x0_hat + 1)/2."""
-    img = x0_hat if config.released_quirks else (x0_hat + 1.0) / 2.0
+    img = x0_hat if config.keeps(3) else (x0_hat + 1.0) / 2.0
     return jnp.clip(img, 0.0, 1.0)
 
 
@@ -473,7 +489,7 @@ def _setup_kernel(kvars, key, k_gt, config: DiffDKPConfig):
 def _window(nets, x_t, ks, y, key, config: DiffDKPConfig):
     """One window's full loop: fresh x_T (default) or the carried x_t (released), draws from ``key``."""
     k_x, k_draw = jax.random.split(key)
-    if not config.released_quirks:
+    if not config.keeps(5):
         x_t = jax.random.normal(k_x, x_t.shape, x_t.dtype)
     noise, k_random = draws(k_draw, x_t.shape, config)
     state, x0_hat, _ = sample_loop.__wrapped__(nets, SamplerState(x_t, ks), y, noise, k_random, config)
@@ -484,9 +500,9 @@ def run(nets, lr, key, config: DiffDKPConfig = DiffDKPConfig(), hr_size=None, kv
     """Diff-DKP on an LR image: lr (1, h, w, 3) in [0, 1] -> (SR image (1, H, W, 3) in [0, 1], kernel (k, k)).
 
     y = bicubic_resize(lr, hr_size) (default 3 h x 3 w, the original's factor-3 pair); G_k from ``kvars`` or
-    `kernel_priors.mlp_init`; one warm-up step (``warmup_target``; ``k_gt`` only with released_quirks); then
-    the full loop on every ``window_layout`` window (G_k and its Adam state carry over; x_t too when
-    released_quirks, else a fresh x_T per window), assembled by overwriting (README 5.4). Images smaller than
+    `kernel_priors.mlp_init`; one warm-up step (``warmup_target``; ``k_gt`` only with quirk 2 kept); then
+    the full loop on every ``window_layout`` window (G_k and its Adam state carry over; x_t too with quirk 5
+    kept, else a fresh x_T per window), assembled by overwriting (README 5.4). Images smaller than
     the window run as one window of their own size (the released code's 10-px cut at 64 px is not kept).
     """
     lr = jnp.asarray(lr, jnp.float32)

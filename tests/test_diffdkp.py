@@ -341,3 +341,37 @@ def test_half_torso_reaches_the_adm():
     assert outs[1][0].x_t.dtype == jnp.float32 and m16.dtype == np.float32
     err = np.max(np.abs(m16 - m32)) / np.max(np.abs(m32))
     assert 0 < err < 0.15, err
+
+
+def test_each_quirk_switches_alone():
+    """``DiffDKPConfig.quirks`` keeps any subset of the five released quirks: the default keeps none, RELEASED all,
+    ``kernel_grad`` still decides quirk 1 alone; each piece reads its own quirk (value ranges: 3, the kernel
+    data loss: 4, the warm-up target: 2), so a one-quirk config behaves as RELEASED there and as the default
+    elsewhere."""
+    default, released = dd.DiffDKPConfig(), dd.RELEASED
+    assert not any(default.keeps(q) for q in dd.QUIRKS) and all(released.keeps(q) for q in dd.QUIRKS)
+    assert not any(dd.DiffDKPConfig(released_quirks=True, quirks=()).keeps(q) for q in dd.QUIRKS)
+    assert [dd.DiffDKPConfig(quirks=(3, 5)).keeps(q) for q in dd.QUIRKS] == [False, False, True, False, True]
+    assert dd.DiffDKPConfig(quirks=(1,), kernel_grad=True).grads_on and not dd.DiffDKPConfig(quirks=(1,)).grads_on
+    with pytest.raises(ValueError, match="numbered 1-5"):
+        dd.DiffDKPConfig(quirks=(6,))
+    y = jnp.full((1, 4, 4, 3), 0.25)
+    q3 = dd.DiffDKPConfig(quirks=(3,))
+    np.testing.assert_array_equal(dd.observation_for_dc(y, q3), dd.observation_for_dc(y, released))
+    np.testing.assert_array_equal(dd.observation_for_dc(y, dd.DiffDKPConfig(quirks=(2, 4))),
+                                  dd.observation_for_dc(y, default))
+    np.testing.assert_array_equal(dd.to_image(y, q3), dd.to_image(y, released))
+    with pytest.raises(ValueError, match="ground-truth kernel"):
+        dd.warmup_target(jax.random.key(0), dd.DiffDKPConfig(quirks=(2,)))
+    k_random = dd.warmup_target(jax.random.key(0), dd.DiffDKPConfig(quirks=(1, 3, 4, 5)))  # no GT needed
+    assert k_random.shape == (19, 19)
+    kv = dd.kernel_priors.mlp_init(jax.random.key(1), 19)
+    x = jax.random.uniform(jax.random.key(2), (1, 24, 24, 3))
+    ks = dd.init_kernel_state(kv, default)
+    for cfg, released_loss in ((dd.DiffDKPConfig(quirks=(4,)), True), (dd.DiffDKPConfig(quirks=(1, 2, 3, 5)), False)):
+        _, aux = dd.kernel_step(ks, x, x, k_random, cfg)
+        expect = dd.kernel_data_loss(dd.gk_kernel(kv, cfg), x, x, released_loss, cfg.shift)
+        np.testing.assert_allclose(float(aux["loss_data"]), float(expect), rtol=1e-6)
+    _, aux_rel = dd.kernel_step(ks, x, x, k_random, dd.DiffDKPConfig(quirks=(4,)))
+    _, aux_def = dd.kernel_step(ks, x, x, k_random, default)
+    assert float(aux_rel["loss_data"]) != float(aux_def["loss_data"])  # the two losses differ on this input

@@ -92,3 +92,21 @@ def test_released_quirks_need_kernels_before_anything_runs(big, dataset, tmp_pat
                    out, "--released-quirks needs ground-truth kernels, which --input does not give")
     one_line_error(capsys, ["--sf", "4", "--tiny", "--released-quirks", "--real", "--dataset", str(dataset),
                             "--out", str(out)], out, "cannot be combined with --real")
+
+
+def test_quirks_option(big, tmp_path, capsys):
+    """--quirks keeps a subset of the released quirks (to measure each fix alone): parsed as numbers 1-5 or
+    'none'; with quirk 2 (the warm-up towards the ground truth) it needs kernels like --released-quirks."""
+    assert diffdkp.parse_quirks("4,1,4") == (1, 4) and diffdkp.parse_quirks("none") == ()
+    for bad in ("7", "1,x", ""):
+        with pytest.raises(Exception, match="quirk numbers 1-5"):
+            diffdkp.parse_quirks(bad)
+    out = tmp_path / "out"
+    one_line_error(capsys, ["--sf", "4", "--tiny", "--quirks", "2,3", "--input", str(big), "--out", str(out)],
+                   out, "--quirks needs ground-truth kernels")
+    from types import SimpleNamespace as NS
+
+    option = diffdkp.gt_kernel_option
+    assert option(NS(quirks=(1, 3, 4, 5), released_quirks=True)) is None  # quirk 2 dropped: no kernel needed
+    assert option(NS(quirks=None, released_quirks=True)) == "--released-quirks"
+    assert option(NS(quirks=None, released_quirks=False)) is None
