@@ -197,6 +197,7 @@ def method():
         pad_gt_kernel=True, image_model="Diff-DKP (guided-diffusion ADM)",
         prior_help="DKP's kernel MLP G_k (the only choice)",
         weights_help="not used by Diff-DKP (use --adm / --classifier)",
+        iters_help=f"not used by Diff-DKP: it runs the {STEPS} respaced steps of its schedule ({TINY_STEPS} with --tiny)",
         gt_kernel_option=gt_kernel_option,
         recorded_options=("adm", "classifier", "released_quirks", "quirks", "half", "tiny"))
 

@@ -80,7 +80,8 @@ def method():
         default_dataset=DEFAULT_DATASET, default_iters=lambda args: 1, kernel_size=lambda sf: kulnet.KERNEL_SIZE,
         check_lr=check_lr, build=build, other_models=("DIPFKP", "DIPDKP", "KernelGANFKP"), pad_gt_kernel=True,
         image_model="KULNet", prior_help="KULNet's own kernel branch (the only choice)",
-        weights_help="KULNet weights: the official latest_G.pth of the scale or its conversion (orbax folder)")
+        weights_help="KULNet weights: the official latest_G.pth of the scale or its conversion (orbax folder)",
+        iters_help="not used by KULNet: one forward pass per image")
 
 
 def main(argv=None) -> int:

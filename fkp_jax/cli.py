@@ -99,6 +99,7 @@ class Method:
     has_image_output: bool = True  # the method itself produces an SR image (DIP); else only a kernel
     image_model: str = "DIP"  # what makes its SR image (metrics.json config "sr")
     weights_help: str = ""  # --weights help when the method's own network takes them (default: the FKP prior's)
+    iters_help: str = ""  # --iters help where the method fixes its iterations (default: the generic one)
     prior_help: str = ""
     other_models: tuple[str, ...] = ()  # folder prefixes also read when DIR has none of `model`
     study: StudyFactory | None = None  # the solver protocol for `python -m experiments.study` (optional)
@@ -130,7 +131,8 @@ def parse_args(method: Method, argv) -> argparse.Namespace:
     src.add_argument("--dataset", type=Path, help="data set folder in the original layout (default: bundled images)")
     src.add_argument("--input", type=Path, help="a single LR image")
     p.add_argument("--real", action="store_true", help="no ground truth: skip HR and kernel metrics")
-    p.add_argument("--iters", type=int, default=None, help="iterations per image (default: the original's)")
+    p.add_argument("--iters", type=int, default=None,
+                   help=method.iters_help or "iterations per image (default: the original's)")
     p.add_argument("--seeds", type=int, default=1,
                    help="independent restarts (the papers report means of 5); mean and std per image")
     p.add_argument("--seed", type=int, default=0, help="base random seed (restart i uses fold_in(seed, i))")

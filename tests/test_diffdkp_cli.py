@@ -110,3 +110,11 @@ def test_quirks_option(big, tmp_path, capsys):
     assert option(NS(quirks=(1, 3, 4, 5), released_quirks=True)) is None  # quirk 2 dropped: no kernel needed
     assert option(NS(quirks=None, released_quirks=True)) == "--released-quirks"
     assert option(NS(quirks=None, released_quirks=False)) is None
+
+
+def test_help_says_iters_is_not_used(capsys):
+    """--iters is refused by Diff-DKP (its schedule fixes the steps); its help line says so (`Method.iters_help`)."""
+    with pytest.raises(SystemExit):
+        diffdkp.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--iters ITERS not used by Diff-DKP: it runs the 100 respaced steps" in text
