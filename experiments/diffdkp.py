@@ -127,8 +127,6 @@ def load(args):
     if args.kernel_prior != "dkp":
         raise ValueError("Diff-DKP's kernel prior is DKP's G_k")
     adm_path, clf_path = checkpoint_paths(args)
-    if args.weights is not None:
-        raise ValueError("Diff-DKP takes --adm / --classifier, not --weights")
 
     import jax
     import jax.numpy as jnp

@@ -81,6 +81,7 @@ def method():
         check_lr=check_lr, build=build, other_models=("DIPFKP", "DIPDKP", "KernelGANFKP"), pad_gt_kernel=True,
         image_model="KULNet", prior_help="KULNet's own kernel branch (the only choice)",
         weights_help="KULNet weights: the official latest_G.pth of the scale or its conversion (orbax folder)",
+        own_weights=True,
         iters_help="not used by KULNet: one forward pass per image")
 
 

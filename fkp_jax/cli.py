@@ -98,7 +98,8 @@ class Method:
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     has_image_output: bool = True  # the method itself produces an SR image (DIP); else only a kernel
     image_model: str = "DIP"  # what makes its SR image (metrics.json config "sr")
-    weights_help: str = ""  # --weights help when the method's own network takes them (default: the FKP prior's)
+    weights_help: str = ""  # --weights help where it is not the FKP prior's (the method's own weights, or none)
+    own_weights: bool = False  # --weights loads the method's own network (KULNet), whatever the kernel prior
     iters_help: str = ""  # --iters help where the method fixes its iterations (default: the generic one)
     prior_help: str = ""
     other_models: tuple[str, ...] = ()  # folder prefixes also read when DIR has none of `model`
@@ -156,9 +157,9 @@ def parse_args(method: Method, argv) -> argparse.Namespace:
 
 
 def uses_weights(method: Method, prior: str) -> bool:
-    """Whether --weights reaches a run: the method's own network takes them (a method with `weights_help`), or
-    they are the FKP prior's checkpoint, which only --kernel-prior fkp loads."""
-    return bool(method.weights_help) or prior == "fkp"
+    """Whether --weights reaches a run: the method's own network takes them (`Method.own_weights`), or they are
+    the FKP prior's checkpoint, which only --kernel-prior fkp loads."""
+    return method.own_weights or prior == "fkp"
 
 
 def find_jobs(method: Method, args) -> list[Job]:
@@ -382,7 +383,8 @@ def main(method: Method, argv=None) -> int:
         if args.sr_weights is not None and not args.sr_weights.exists():
             raise FileNotFoundError(f"no such USRNet weights file: {args.sr_weights}")
         if args.weights is not None and not uses_weights(method, args.kernel_prior):
-            raise ValueError(f"--weights is an FKP prior checkpoint; --kernel-prior {args.kernel_prior} loads none")
+            raise ValueError(f"--weights: {method.weights_help}" if method.weights_help else
+                             f"--weights is an FKP prior checkpoint; --kernel-prior {args.kernel_prior} loads none")
         jobs = find_jobs(method, args)
         out_dir = Path(f"results/{method.name}_x{args.sf}") if args.out is None else args.out
         check_outputs(jobs, out_dir)

@@ -118,3 +118,11 @@ def test_help_says_iters_is_not_used(capsys):
         diffdkp.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--iters ITERS not used by Diff-DKP: it runs the 100 respaced steps" in text
+
+
+def test_weights_refused_before_anything_runs(dataset, tmp_path, capsys):
+    """--weights loads nothing in Diff-DKP (its networks come from --adm / --classifier): refused by the shared
+    rule (`cli.uses_weights`, `Method.own_weights`) with the method's own words, before any output."""
+    out = tmp_path / "out"
+    one_line_error(capsys, ["--sf", "4", "--tiny", "--dataset", str(dataset), "--weights", "2", "--out", str(out)],
+                   out, "--weights: not used by Diff-DKP (use --adm / --classifier)")
